@@ -1,0 +1,225 @@
+"""Apply and read the objects a ModelDeployment owns, through the Kubernetes API.
+
+The official client is synchronous; every call runs in a worker thread
+(``asyncio.to_thread``) so a slow API server never stalls Kopf's event loop.
+
+Applying is create-or-patch with a JSON merge patch of the fields the operator owns,
+never a replace, so fields other controllers own survive. One exception is named on
+purpose: ``spec.replicas`` of a revision's Deployment is the traffic split of the
+``replicas`` router, so the operator owns it; an HPA must not target these
+Deployments (scale the ModelDeployment's ``spec.replicas`` instead; see README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import kubernetes
+from kubernetes.client import ApiClient, ApiException
+
+from modeldeploy import spec as s
+
+Manifest = dict[str, Any]
+T = TypeVar("T")
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def load_api_client() -> ApiClient:
+    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube)."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return ApiClient()
+
+
+class KubeClient:
+    """The operator's only door to the API server for the objects it owns."""
+
+    def __init__(self, api_client: ApiClient) -> None:
+        self._api = api_client
+        self._custom = kubernetes.client.CustomObjectsApi(api_client)
+        self._apps = kubernetes.client.AppsV1Api(api_client)
+        self._core = kubernetes.client.CoreV1Api(api_client)
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # -- the ModelDeployment itself ----------------------------------------------------
+
+    async def get_model_deployment(self, namespace: str, name: str) -> Manifest | None:
+        try:
+            body: Manifest = await self._call(
+                self._custom.get_namespaced_custom_object,
+                s.GROUP, s.VERSION, namespace, s.PLURAL, name,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return body
+
+    async def write_status(
+        self, namespace: str, name: str, status: Manifest, resource_version: str
+    ) -> bool:
+        """Replace status in one write, guarded by resourceVersion. False on a conflict.
+
+        A conflict means someone (a user's `modeldeploy promote`, or another tick)
+        wrote in between: the caller drops this tick's decision and decides again.
+        """
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        try:
+            await self._call(
+                self._custom.patch_namespaced_custom_object_status,
+                s.GROUP, s.VERSION, namespace, s.PLURAL, name, body,
+            )
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    # -- owned objects ---------------------------------------------------------------
+
+    async def list_deployments(self, namespace: str, md_name: str) -> list[Manifest]:
+        result = await self._call(
+            self._apps.list_namespaced_deployment,
+            namespace, label_selector=f"{s.LABEL_NAME}={md_name}",
+        )
+        return [self._api.sanitize_for_serialization(item) for item in result.items]
+
+    async def list_pods(self, namespace: str, md_name: str) -> list[Manifest]:
+        result = await self._call(
+            self._core.list_namespaced_pod, namespace, label_selector=f"{s.LABEL_NAME}={md_name}"
+        )
+        return [self._api.sanitize_for_serialization(item) for item in result.items]
+
+    async def apply(self, manifest: Manifest) -> None:
+        """Create the object, or merge-patch the fields the manifest sets."""
+        kind = manifest["kind"]
+        namespace = manifest["metadata"]["namespace"]
+        name = manifest["metadata"]["name"]
+        create, patch = self._verbs(kind)
+        try:
+            await self._call(create, namespace, manifest)
+            return
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        if kind == "ConfigMap":
+            return  # immutable: a revision's config never changes
+        await self._call(patch, name, namespace, manifest)
+
+    async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        await self._call(
+            self._apps.patch_namespaced_deployment_scale,
+            name, namespace, {"spec": {"replicas": replicas}},
+        )
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        deleters: dict[str, Callable[..., Any]] = {
+            "Deployment": self._apps.delete_namespaced_deployment,
+            "Service": self._core.delete_namespaced_service,
+            "ConfigMap": self._core.delete_namespaced_config_map,
+        }
+        try:
+            await self._call(deleters[kind], name, namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def label_pods(self, namespace: str, selector: str, labels: dict[str, str]) -> None:
+        result = await self._call(
+            self._core.list_namespaced_pod, namespace, label_selector=selector
+        )
+        for pod in result.items:
+            current = pod.metadata.labels or {}
+            if any(current.get(k) != v for k, v in labels.items()):
+                await self._call(
+                    self._core.patch_namespaced_pod,
+                    pod.metadata.name, namespace, {"metadata": {"labels": labels}},
+                )
+
+    def _verbs(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        verbs: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+            "Deployment": (
+                self._apps.create_namespaced_deployment,
+                self._apps.patch_namespaced_deployment,
+            ),
+            "Service": (
+                self._core.create_namespaced_service,
+                self._core.patch_namespaced_service,
+            ),
+            "ConfigMap": (
+                self._core.create_namespaced_config_map,
+                self._core.patch_namespaced_config_map,
+            ),
+        }
+        return verbs[kind]
+
+    # -- HTTPRoutes (the gatewayAPI router) -------------------------------------------
+
+    async def get_http_route(self, namespace: str, name: str) -> Manifest | None:
+        try:
+            body: Manifest = await self._call(
+                self._custom.get_namespaced_custom_object,
+                "gateway.networking.k8s.io", "v1", namespace, "httproutes", name,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return body
+
+    async def apply_http_route(self, manifest: Manifest) -> None:
+        await self._call(
+            self._custom.create_namespaced_custom_object,
+            "gateway.networking.k8s.io", "v1", manifest["metadata"]["namespace"], "httproutes",
+            manifest,
+        )
+
+    async def patch_http_route(self, namespace: str, name: str, patch: Manifest) -> None:
+        await self._call(
+            self._custom.patch_namespaced_custom_object,
+            "gateway.networking.k8s.io", "v1", namespace, "httproutes", name, patch,
+        )
+
+    # -- events ----------------------------------------------------------------------
+
+    async def emit_event(
+        self, md_body: Manifest, event_type: str, reason: str, message: str
+    ) -> None:
+        """A core/v1 Event on the ModelDeployment, as `kubectl describe md` shows them."""
+        meta = md_body["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": f"{s.GROUP}/{s.VERSION}",
+                "kind": s.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "modeldeploy"},
+            "reportingComponent": "modeldeploy",
+            "reportingInstance": "modeldeploy-operator",
+            "firstTimestamp": now.isoformat().replace("+00:00", "Z"),
+            "lastTimestamp": now.isoformat().replace("+00:00", "Z"),
+            "count": 1,
+        }
+        await self._call(self._core.create_namespaced_event, meta["namespace"], event)
