@@ -1,0 +1,170 @@
+"""Built-in metrics over the model services' metric contract, and a bundle per service.
+
+Every built-in query selects ONE revision of one ModelDeployment (``{{revision}}``), so
+the same query measures the canary and, with the stable revision substituted, the
+stable track in the same window: that is how ``relativeToStable`` checks work.
+``rejected`` requests (the caller's fault, 4xx) are left out of every rate.
+
+Bundles carry the thresholds each model service was run with (gate metrics count
+toward failureLimit; rollback indicators revert at once). A resource overrides any of
+them by listing a metric (or indicator) of the same name in its own spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from modeldeploy import spec as s
+
+_SEL = (
+    'namespace="{{namespace}}",modeldeploy_name="{{name}}",'
+    'modeldeploy_revision="{{revision}}"'
+)
+
+
+def _requests(outcome: str) -> str:
+    return f"sum(rate(model_requests_total{{{_SEL},{outcome}}}[{{{{interval}}}}]))"
+
+
+_ANSWERED = _requests('outcome!="rejected"')
+_SUCCEEDED = _requests('outcome="success"')
+_FAILED = _requests('outcome=~"error|timeout"')
+_TIMED_OUT = _requests('outcome="timeout"')
+
+BUILTIN_QUERIES: dict[str, str] = {
+    "success-rate": f"{_SUCCEEDED} / {_ANSWERED}",
+    "error-rate": f"{_FAILED} / {_ANSWERED}",
+    "timeout-rate": f"{_TIMED_OUT} / {_ANSWERED}",
+    "latency-p95": (
+        "histogram_quantile(0.95, sum by (le) "
+        f"(rate(model_request_duration_seconds_bucket{{{_SEL}}}[{{{{interval}}}}])))"
+    ),
+    "mean-latency": (
+        f"sum(rate(model_request_duration_seconds_sum{{{_SEL}}}[{{{{interval}}}}])) / "
+        f"sum(rate(model_request_duration_seconds_count{{{_SEL}}}[{{{{interval}}}}]))"
+    ),
+    "cost-per-request": (
+        f"sum(rate(model_cost_usd_total{{{_SEL}}}[{{{{interval}}}}])) / {_SUCCEEDED}"
+    ),
+    "cost-per-hour": f"sum(rate(model_cost_usd_total{{{_SEL}}}[{{{{interval}}}}])) * 3600",
+    "cache-hit-rate": (
+        f'sum(rate(model_cache_requests_total{{{_SEL},result="hit"}}[{{{{interval}}}}])) / '
+        f"sum(rate(model_cache_requests_total{{{_SEL}}}[{{{{interval}}}}]))"
+    ),
+    # Not a preset name of its own: the chat-proxy bundle's "health = healthy" gate.
+    "availability": f"min(up{{{_SEL}}})",
+}
+
+# Thresholds a built-in metric gets when listed in `presets` on its own.
+GENERIC_THRESHOLDS: dict[str, s.ThresholdRange | None] = {
+    "success-rate": s.ThresholdRange(min=0.95),
+    "error-rate": s.ThresholdRange(max=0.05),
+    "timeout-rate": s.ThresholdRange(max=0.05),
+    "latency-p95": s.ThresholdRange(max=10.0),
+    "mean-latency": s.ThresholdRange(max=5.0),
+    "cost-per-request": None,  # no sensible default: set thresholdRange or relativeToStable
+    "cost-per-hour": None,
+    "cache-hit-rate": s.ThresholdRange(min=0.5),
+}
+
+
+@dataclass(frozen=True)
+class MetricCheck:
+    """A gate: measured each interval; failures in a row count toward failureLimit."""
+
+    name: str
+    query: str
+    threshold_range: s.ThresholdRange | None = None
+    relative_to_stable: s.RelativeToStable | None = None
+    failure_limit: int = 2
+    inconclusive_limit: int = 3
+
+
+@dataclass(frozen=True)
+class IndicatorCheck:
+    """A rollback indicator: one breach reverts at once."""
+
+    metric: str
+    query: str
+    threshold_range: s.ThresholdRange | None = None
+    relative_to_stable: s.RelativeToStable | None = None
+
+
+def _gate(name: str, rng: s.ThresholdRange | None = None,
+          relative: s.RelativeToStable | None = None) -> MetricCheck:
+    return MetricCheck(name, BUILTIN_QUERIES[name], rng, relative)
+
+
+def _indicator(name: str, rng: s.ThresholdRange) -> IndicatorCheck:
+    return IndicatorCheck(name, BUILTIN_QUERIES[name], rng)
+
+
+R = s.ThresholdRange
+BUNDLES: dict[str, tuple[list[MetricCheck], list[IndicatorCheck]]] = {
+    "image-gen": (
+        [_gate("success-rate", R(min=0.95)), _gate("timeout-rate", R(max=0.02)),
+         _gate("mean-latency", R(max=150.0))],
+        [_indicator("success-rate", R(min=0.85)), _indicator("timeout-rate", R(max=0.10))],
+    ),
+    "song-analyzer": (
+        [_gate("error-rate", R(max=0.02)), _gate("latency-p95", R(max=10.0)),
+         # "cost ≈ $0.0007/song": gate at 1.5x that, so a pricier model is caught.
+         _gate("cost-per-request", R(max=0.00105))],
+        [_indicator("error-rate", R(max=0.05)), _indicator("latency-p95", R(max=20.0))],
+    ),
+    "chat-proxy": (
+        [_gate("error-rate", R(max=0.05)), _gate("availability", R(min=1.0))],
+        [_indicator("error-rate", R(max=0.10))],
+    ),
+    "orchestrator": (
+        [_gate("error-rate", R(max=0.05)), _gate("latency-p95", R(max=5.0)),
+         _gate("cache-hit-rate", R(min=0.5)), _gate("cost-per-hour", R(max=10.0))],
+        [_indicator("error-rate", R(max=0.10)), _indicator("latency-p95", R(max=10.0)),
+         _indicator("cache-hit-rate", R(min=0.2)), _indicator("cost-per-hour", R(max=50.0))],
+    ),
+    "textgen": (
+        [_gate("error-rate", R(max=0.01)),
+         _gate("latency-p95", relative=s.RelativeToStable(max_ratio=1.2))],
+        [_indicator("error-rate", R(max=0.05))],
+    ),
+}
+
+
+def resolve(analysis: s.Analysis) -> tuple[list[MetricCheck], list[IndicatorCheck]]:
+    """The metrics and indicators a resource's analysis runs, presets expanded.
+
+    Order of precedence: a bundle's defaults, then built-in presets listed on their
+    own, then the resource's `metrics` and `rollbackIndicators` by name.
+    """
+    gates: dict[str, MetricCheck] = {}
+    indicators: dict[str, IndicatorCheck] = {}
+    for preset in analysis.presets:
+        if preset.value in BUNDLES:
+            bundle_gates, bundle_indicators = BUNDLES[preset.value]
+            gates.update({g.name: g for g in bundle_gates})
+            indicators.update({i.metric: i for i in bundle_indicators})
+        elif preset.value not in gates:
+            gates[preset.value] = _gate(preset.value, GENERIC_THRESHOLDS[preset.value])
+    for metric in analysis.metrics:
+        base = gates.get(metric.name) or MetricCheck(metric.name, BUILTIN_QUERIES.get(metric.name, ""))
+        gates[metric.name] = replace(
+            base,
+            query=metric.query or base.query,
+            threshold_range=metric.threshold_range if (
+                metric.threshold_range or metric.relative_to_stable) else base.threshold_range,
+            relative_to_stable=metric.relative_to_stable if (
+                metric.threshold_range or metric.relative_to_stable) else base.relative_to_stable,
+            failure_limit=base.failure_limit if metric.failure_limit is None else metric.failure_limit,
+            inconclusive_limit=(base.inconclusive_limit if metric.inconclusive_limit is None
+                                else metric.inconclusive_limit),
+        )
+    for indicator in analysis.rollback_indicators:
+        query = gates[indicator.metric].query if indicator.metric in gates else BUILTIN_QUERIES[
+            indicator.metric]
+        indicators[indicator.metric] = IndicatorCheck(
+            indicator.metric, query, indicator.threshold_range, indicator.relative_to_stable
+        )
+    unjudged = [g.name for g in gates.values() if g.threshold_range is None and g.relative_to_stable is None]
+    for name in unjudged:
+        del gates[name]  # listed without a threshold: nothing to judge it by
+    return list(gates.values()), list(indicators.values())

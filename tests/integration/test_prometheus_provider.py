@@ -1,0 +1,116 @@
+"""The Prometheus provider against a real Prometheus: every answer becomes a typed result."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modeldeploy import spec as s
+from modeldeploy.analysis import presets, promql
+from modeldeploy.measurement import Measurement, NoData, QueryError
+from modeldeploy.providers.prometheus import PrometheusProvider
+
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+pytestmark = pytest.mark.skipif(
+    not Path(PROMETHEUS).exists(), reason="Debian's prometheus package is not installed (hack/setup installs it)"
+)
+
+
+class NoSecrets:
+    bearer_token: str | None = None
+    ca_bundle_path: str | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    workdir = tmp_path_factory.mktemp("prometheus")
+    (workdir / "prometheus.yml").write_text("global: {scrape_interval: 5s}\nscrape_configs: []\n")
+    port = _free_port()
+    process = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}",
+         f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "Prometheus did not become ready in 30 s"
+        time.sleep(0.1)  # polling a readiness condition with a deadline
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _provider(address: str) -> PrometheusProvider:
+    return PrometheusProvider(s.PrometheusProvider(address=address, timeout="2s"), NoSecrets())
+
+
+def test_one_series_is_a_measurement(prometheus_url: str) -> None:
+    result = asyncio.run(_provider(prometheus_url).query("vector(0.25)"))
+    assert isinstance(result, Measurement) and result.value == 0.25
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ('up{job="no-such-job"}', "no series"),
+        ("vector(1) / vector(0)", "+Inf"),  # a division by zero
+        ("0 / 0", "NaN"),
+    ],
+    ids=["no series is no data", "infinity is no data", "NaN is no data"],
+)
+def test_unusable_values_are_no_data_never_a_pass(prometheus_url: str, query: str, reason: str) -> None:
+    result = asyncio.run(_provider(prometheus_url).query(query))
+    assert isinstance(result, NoData)
+    assert reason.lower() in result.reason.lower()
+
+
+def test_several_series_is_an_error_that_says_to_aggregate(prometheus_url: str) -> None:
+    query = 'label_replace(vector(1), "pod", "a", "", "") or label_replace(vector(2), "pod", "b", "", "")'
+    result = asyncio.run(_provider(prometheus_url).query(query))
+    assert isinstance(result, QueryError)
+    assert "2 series" in result.reason and "aggregate" in result.reason
+
+
+def test_bad_promql_is_an_error_naming_the_refusal(prometheus_url: str) -> None:
+    result = asyncio.run(_provider(prometheus_url).query("sum(rate(x[5m]"))
+    assert isinstance(result, QueryError) and "refused" in result.reason
+
+
+def test_unreachable_prometheus_is_an_error_not_an_exception() -> None:
+    result = asyncio.run(_provider(f"http://127.0.0.1:{_free_port()}").query("vector(1)"))
+    assert isinstance(result, QueryError) and "unreachable" in result.reason
+
+
+def test_every_builtin_query_is_valid_promql(tmp_path: Path) -> None:
+    """Rendered for a revision, each built-in query parses in Prometheus' own parser."""
+    context = promql.QueryContext("song-analyzer", "ml", "41ab98cd01", "7c9f12ab34", "30s")
+    rules = "groups:\n- name: builtins\n  rules:\n" + "".join(
+        f"  - record: builtin:{name.replace('-', '_')}\n    expr: '{promql.render(query, context)}'\n"
+        for name, query in presets.BUILTIN_QUERIES.items()
+    )
+    (tmp_path / "rules.yaml").write_text(rules)
+    checked = subprocess.run([PROMTOOL, "check", "rules", str(tmp_path / "rules.yaml")],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
