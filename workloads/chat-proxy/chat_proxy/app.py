@@ -1,0 +1,206 @@
+"""chat-proxy: an OpenAI-compatible front to an upstream chat model, validating input.
+
+Routes (``/v1/...`` are aliases of ``/api/v1/...`` so the openai SDK works with
+``base_url=http://host/api/v1`` or ``http://host/v1``):
+
+* ``POST /api/v1/chat/completions``: validated (see :mod:`chat_proxy.validation`),
+  then forwarded with the openai SDK; the upstream's completion is returned as is.
+* ``GET /api/v1/models``: the upstream's model list.
+* ``GET /api/v1/health``: the same checks and body as the kit's ``/health``.
+  Kubernetes probes should use ``/health`` (never behind ``API_KEY``, never counted
+  in ``model_requests_total``); ``/api/v1/health`` is for API clients and, like
+  every ``/api`` route, needs ``X-API-Key`` when one is configured.
+
+Health: ``upstream_models`` lists the upstream's models with a short timeout
+(``HEALTH_UPSTREAM_TIMEOUT_S``, 2 s) and caches the answer for
+``HEALTH_CACHE_S`` (10 s), so probes do not hammer the provider; a failed list is
+``degraded``, not ``unhealthy``: an outage of the provider is not fixed by taking
+the proxy out of rotation or restarting it. The kit's ``upstream`` check adds the
+run of consecutive failed completions.
+
+Request bodies are JSON objects; ``NaN``/``Infinity`` literals are refused (they
+are not JSON and the upstream would choke on them). The openai SDK does not retry
+(``max_retries=0``): a retry would hide the failure from the canary's metrics and
+double the latency seen by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import openai
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from modelkit.app import create_app, metrics_of
+from modelkit.errors import invalid_request, upstream_timeout
+from modelkit.health import Check, run_checks
+from modelkit.settings import ServiceSettings
+from modelkit.upstream import service_error_from_openai
+from pydantic import Field, field_validator
+
+from chat_proxy.validation import (
+    MAX_IMAGE_BYTES_DEFAULT,
+    InvalidRequest,
+    ValidationLimits,
+    parse_chat_request,
+)
+
+SERVICE = "chat-proxy"
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# Extra time the SDK gets to raise its own timeout before the safety net fires.
+_TIMEOUT_GRACE_S = 1.0
+
+
+class ChatProxySettings(ServiceSettings):
+    # A few 10 MB images, base64-encoded (4/3 larger), fit under 64 MiB.
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    upstream_base_url: str | None = Field(default=None, description="Upstream …/v1 URL.")
+    upstream_timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    default_model: str = Field(default="gpt-4o-mini", min_length=1)
+    max_image_bytes: int = Field(default=MAX_IMAGE_BYTES_DEFAULT, ge=1)
+    health_cache_s: float = Field(default=10.0, ge=0, allow_inf_nan=False)
+    health_upstream_timeout_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+
+    @field_validator("upstream_base_url", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
+class UpstreamModelsCheck:
+    """Health check: can the upstream list its models? Cached for ``ttl_s``."""
+
+    def __init__(self, client: openai.AsyncOpenAI, timeout_s: float, ttl_s: float) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+        self.ttl_s = ttl_s
+        self._cached: tuple[float, Check] | None = None
+        self._lock = asyncio.Lock()
+
+    async def __call__(self) -> Check:
+        async with self._lock:  # concurrent probes share one upstream call
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < self.ttl_s:
+                return self._cached[1]
+            check = await self._probe()
+            self._cached = (time.monotonic(), check)
+            return check
+
+    async def _probe(self) -> Check:
+        try:
+            page = await asyncio.wait_for(
+                self.client.models.list(timeout=self.timeout_s), self.timeout_s + _TIMEOUT_GRACE_S
+            )
+        except (TimeoutError, openai.APITimeoutError):
+            return Check.degraded(f"upstream did not list its models within {self.timeout_s} s")
+        except openai.APIStatusError as error:
+            return Check.degraded(f"upstream answered {error.status_code} to a model list")
+        except openai.OpenAIError as error:
+            return Check.degraded(f"upstream unreachable: {type(error).__name__}")
+        return Check.ok(f"upstream lists {len(page.data)} models")
+
+
+def _decode_json(raw: bytes) -> Any:
+    def refuse_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        body = json.loads(raw, parse_constant=refuse_constant)
+        if _SURROGATE_ESCAPE.search(raw):
+            # JSON may escape a lone UTF-16 surrogate, which no UTF-8 text (and so no
+            # upstream request) can carry: refuse it here rather than fail when forwarding.
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid_request(
+            "request body contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff); "
+            "send valid Unicode text",
+            code="invalid_json",
+        ) from None
+    except (ValueError, RecursionError) as error:
+        detail = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise invalid_request(
+            f"request body is not valid JSON ({detail}); send a JSON object",
+            code="invalid_json",
+        ) from None
+    return body
+
+
+def build_app(settings: ChatProxySettings) -> FastAPI:
+    client = openai.AsyncOpenAI(
+        base_url=settings.upstream_base_url,
+        api_key=settings.openai_api_key,
+        timeout=settings.upstream_timeout_s,
+        max_retries=0,
+    )
+    models_check = UpstreamModelsCheck(client, settings.health_upstream_timeout_s, settings.health_cache_s)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await client.close()
+
+    app = create_app(
+        settings,
+        service=SERVICE,
+        models=[settings.default_model],
+        checks={"upstream_models": models_check},
+        lifespan=lifespan,
+    )
+    limits = ValidationLimits(max_image_bytes=settings.max_image_bytes)
+
+    async def chat_completions(request: Request) -> JSONResponse:
+        body = _decode_json(await request.body())
+        try:
+            chat = parse_chat_request(body, limits)
+        except InvalidRequest as error:
+            raise invalid_request(error.message, param=error.param) from None
+        kwargs = chat.upstream_kwargs(settings.default_model)
+        model = kwargs["model"]
+        metrics = metrics_of(request)
+        timeout_s = settings.upstream_timeout_s
+        with metrics.upstream_call(model):
+            try:
+                completion = await asyncio.wait_for(
+                    client.chat.completions.create(**kwargs, timeout=timeout_s),
+                    timeout_s + _TIMEOUT_GRACE_S,
+                )
+            except TimeoutError:
+                raise upstream_timeout(
+                    f"the model provider did not answer within {timeout_s} s (model {model})"
+                ) from None
+        usage = completion.usage
+        if usage is not None:
+            # Labelled by the requested model (as the upstream call was), not the snapshot
+            # id the upstream may answer with, so the metrics of one request line up.
+            metrics.record_usage(model, usage.prompt_tokens, usage.completion_tokens)
+        return JSONResponse(completion.model_dump(mode="json", exclude_unset=True))
+
+    async def list_models() -> JSONResponse:
+        # Not counted in model_upstream_requests_total: its model label is for chat models.
+        timeout_s = settings.upstream_timeout_s
+        try:
+            page = await asyncio.wait_for(client.models.list(timeout=timeout_s), timeout_s + _TIMEOUT_GRACE_S)
+        except TimeoutError:
+            raise upstream_timeout(
+                f"the model provider did not list its models within {timeout_s} s"
+            ) from None
+        except openai.OpenAIError as error:
+            raise service_error_from_openai(error, model="(model list)") from error
+        return JSONResponse({"object": "list", "data": [m.model_dump(mode="json") for m in page.data]})
+
+    async def api_health(request: Request) -> JSONResponse:
+        code, body = await run_checks(request.app.state.health_checks)
+        return JSONResponse(body, status_code=code)
+
+    for prefix in ("/api/v1", "/v1"):
+        app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
+        app.add_api_route(f"{prefix}/models", list_models, methods=["GET"])
+    app.add_api_route("/api/v1/health", api_health, methods=["GET"])
+
+    return app

@@ -1,0 +1,63 @@
+"""orchestrator: fans a prompt out to registered models (see README.md).
+
+Routes: ``POST /query`` (:class:`orchestrator.service.QueryRequest`), ``GET /stats``
+(cost so far, cost-per-hour estimate, cache and per-model confidence), plus the
+kit's ``/health`` and ``/metrics``.
+
+Health checks: the kit's ``upstream`` (consecutive failed model calls) and
+``data_dir``: degraded while the confidence file cannot be written (answers
+still flow; what is learned is lost on restart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import openai
+from fastapi import FastAPI
+from modelkit.app import create_app
+from modelkit.health import Check
+
+from orchestrator.confidence import ConfidenceStore
+from orchestrator.config import OrchestratorSettings
+from orchestrator.service import Orchestrator, QueryRequest
+
+SERVICE = "orchestrator"
+
+
+def build_app(settings: OrchestratorSettings) -> FastAPI:
+    client = openai.AsyncOpenAI(
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key,
+        timeout=settings.orch_timeout_s,
+        max_retries=0,
+    )
+    confidence = ConfidenceStore.open(settings.orch_data_dir, settings.models)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await client.close()
+
+    app = create_app(settings, service=SERVICE, models=list(settings.models), lifespan=lifespan)
+    orchestrator = Orchestrator(settings, app.state.metrics, client, confidence)
+    app.state.orchestrator = orchestrator
+
+    def data_dir_check() -> Check:
+        if orchestrator.last_save_error is not None:
+            return Check.degraded(f"cannot write the confidence file: {orchestrator.last_save_error}")
+        return Check.ok(f"confidence file {confidence.path}")
+
+    app.state.health_checks["data_dir"] = data_dir_check
+
+    @app.post("/query")
+    async def query(request: QueryRequest) -> dict[str, Any]:
+        return await orchestrator.query(request)
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        return orchestrator.stats()
+
+    return app

@@ -1,0 +1,285 @@
+"""One orchestrated query: cache, selection, fan-out, validation, merging, bookkeeping.
+
+Execution (FF_PARALLEL_EXECUTION): on, every selected model is asked at once
+(``asyncio.gather``); off, one after another, and when merging is also off the
+models form a fallback chain: the first accepted answer ends the query, so the
+later models are only paid for when the earlier ones fail. Each call has its own
+timeout (ORCH_TIMEOUT_S), enforced by the openai SDK and, as a safety net for a
+stalled response body, by ``asyncio.wait_for`` a little later; the SDK does not
+retry (a retry would hide the failure from the canary's metrics).
+
+A query with no accepted answer is answered 504 ``timeout_error`` when every
+model timed out, 502 ``upstream_error`` otherwise, with each model's failure in
+the message. Only answered queries are cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Annotated, Any
+
+import openai
+from modelkit.errors import ServiceError, invalid_request, upstream_error, upstream_timeout
+from modelkit.metrics import ServiceMetrics
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from orchestrator.cache import TTLCache
+from orchestrator.confidence import ConfidenceStore
+from orchestrator.config import OrchestratorSettings
+from orchestrator.costs import CostLedger
+from orchestrator.registry import ModelSpec
+from orchestrator.strategy import (
+    ModelAnswer,
+    merge_answers,
+    rejection_reason,
+    select_models,
+)
+
+log = logging.getLogger("orchestrator")
+
+# Extra time the SDK gets to raise its own timeout before the safety net fires.
+_TIMEOUT_GRACE_S = 0.5
+_INVALID_ANSWER = "invalid_answer"
+
+
+class QueryRequest(BaseModel):
+    """POST /query. ``models`` narrows the registered models for this query."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=32_000)]
+    models: list[Annotated[str, StringConstraints(min_length=1)]] | None = Field(default=None, min_length=1)
+    system: Annotated[str, StringConstraints(max_length=32_000)] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
+    max_tokens: int | None = Field(default=None, gt=0, le=16_384)
+
+    def cache_key(self) -> str:
+        canonical = json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        settings: OrchestratorSettings,
+        metrics: ServiceMetrics,
+        client: openai.AsyncOpenAI,
+        confidence: ConfidenceStore,
+    ) -> None:
+        self.settings = settings
+        self.registry = settings.models
+        self.metrics = metrics
+        self.client = client
+        self.confidence = confidence
+        self.cache: TTLCache[dict[str, Any]] = TTLCache(
+            settings.orch_cache_ttl_s, settings.orch_cache_max_entries
+        )
+        self.costs = CostLedger()
+        self.last_save_error: str | None = None
+        self.queries = 0
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    # --- the query -----------------------------------------------------------------
+
+    def candidates(self, request: QueryRequest) -> list[ModelSpec]:
+        if request.models is None:
+            return list(self.registry.values())
+        seen: set[str] = set()
+        for index, model in enumerate(request.models):
+            if model not in self.registry:
+                raise invalid_request(
+                    f"models[{index}]: {model!r} is not a registered model; choose from "
+                    + ", ".join(self.registry),
+                    param=f"models[{index}]",
+                    code="model_not_registered",
+                )
+            if model in seen:
+                raise invalid_request(
+                    f"models[{index}]: {model!r} is listed twice; list each model once",
+                    param=f"models[{index}]",
+                )
+            seen.add(model)
+        return [self.registry[model] for model in request.models]
+
+    async def query(self, request: QueryRequest) -> dict[str, Any]:
+        candidates = self.candidates(request)
+        self.queries += 1
+        key = request.cache_key()
+        if self.cache.enabled:
+            cached = self.cache.get(key)
+            self.metrics.record_cache(hit=cached is not None)
+            if cached is not None:
+                self.cache_hits += 1
+                # This query cost nothing; "results" still describe the calls that were cached.
+                return {**cached, "cached": True, "cost_usd": 0.0}
+            self.cache_misses += 1
+
+        scores = {spec.id: self.confidence.confidence(spec.id) for spec in candidates}
+        selected = select_models(
+            candidates,
+            scores,
+            enabled=self.settings.ff_model_selection,
+            top_k=self.settings.orch_select_top_k,
+            min_confidence=self.settings.orch_min_confidence,
+        )
+        answers = await self._execute(selected, request)
+        for answer in answers:
+            self.confidence.record(answer.model, answer.accepted)
+        await self._persist_confidence()
+
+        merged = merge_answers(answers, scores, enabled=self.settings.ff_result_merging)
+        if merged is None:
+            raise self._no_answer_error(answers)
+        response: dict[str, Any] = {
+            "id": f"orch-{uuid.uuid4().hex}",
+            "object": "orchestration.result",
+            "answer": merged.chosen.text,
+            "model": merged.chosen.model,
+            "strategy": merged.strategy,
+            "agreeing_models": merged.agreeing_models,
+            "cached": False,
+            "flags": self.settings.flags(),
+            "results": [self._describe(answer) for answer in answers],
+            "usage": {
+                "input_tokens": sum(answer.input_tokens for answer in answers),
+                "output_tokens": sum(answer.output_tokens for answer in answers),
+            },
+            "cost_usd": round(sum(answer.cost_usd for answer in answers), 10),
+        }
+        self.cache.put(key, response)
+        return response
+
+    async def _execute(self, selected: Sequence[ModelSpec], request: QueryRequest) -> list[ModelAnswer]:
+        if self.settings.ff_parallel_execution:
+            return list(await asyncio.gather(*(self._ask(spec, request) for spec in selected)))
+        answers: list[ModelAnswer] = []
+        for spec in selected:
+            answer = await self._ask(spec, request)
+            answers.append(answer)
+            if answer.accepted and not self.settings.ff_result_merging:
+                break
+        return answers
+
+    async def _ask(self, spec: ModelSpec, request: QueryRequest) -> ModelAnswer:
+        messages: list[dict[str, str]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.append({"role": "user", "content": request.prompt})
+        options: dict[str, Any] = {}
+        if request.temperature is not None:
+            options["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            options["max_tokens"] = request.max_tokens
+        timeout_s = self.settings.orch_timeout_s
+        answer = ModelAnswer(model=spec.id, outcome="success")
+        started = time.perf_counter()
+        try:
+            with self.metrics.upstream_call(spec.id):
+                try:
+                    completion = await asyncio.wait_for(
+                        self.client.chat.completions.create(
+                            model=spec.id,
+                            messages=messages,  # type: ignore[arg-type]
+                            timeout=timeout_s,
+                            **options,
+                        ),
+                        timeout_s + _TIMEOUT_GRACE_S,
+                    )
+                except TimeoutError:
+                    raise upstream_timeout(f"model {spec.id} did not answer within {timeout_s} s") from None
+                self._account(spec, completion, answer)
+                choice = completion.choices[0] if completion.choices else None
+                answer.text = choice.message.content if choice is not None else None
+                answer.finish_reason = choice.finish_reason if choice is not None else None
+                reason = rejection_reason(answer.text, answer.finish_reason)
+                if self.settings.ff_validation and reason is not None:
+                    raise upstream_error(f"model {spec.id}: {reason}", code=_INVALID_ANSWER)
+        except ServiceError as error:
+            answer.outcome = (
+                "timeout"
+                if error.outcome == "timeout"
+                else "invalid"
+                if error.code == _INVALID_ANSWER
+                else "error"
+            )
+            answer.error = error.message
+        except Exception as error:
+            # An answer the SDK parsed into something unexpected: one model's failure, not
+            # the whole query's (the kit has already counted it as an upstream error).
+            log.exception("model call failed unexpectedly", extra={"fields": {"model": spec.id}})
+            answer.outcome = "error"
+            answer.error = f"unexpected {type(error).__name__} from model {spec.id}"
+        answer.latency_s = time.perf_counter() - started
+        return answer
+
+    def _account(self, spec: ModelSpec, completion: Any, answer: ModelAnswer) -> None:
+        usage = getattr(completion, "usage", None)
+        answer.input_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        answer.output_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        answer.cost_usd = spec.cost_usd(answer.input_tokens, answer.output_tokens)
+        self.metrics.tokens.labels(model=spec.id, direction="input").inc(answer.input_tokens)
+        self.metrics.tokens.labels(model=spec.id, direction="output").inc(answer.output_tokens)
+        self.metrics.record_cost(spec.id, answer.cost_usd)
+        self.costs.add(spec.id, answer.cost_usd)
+
+    def _describe(self, answer: ModelAnswer) -> dict[str, Any]:
+        described = asdict(answer)
+        described["latency_s"] = round(answer.latency_s, 4)
+        described["confidence"] = round(self.confidence.confidence(answer.model), 4)
+        return described
+
+    @staticmethod
+    def _no_answer_error(answers: Sequence[ModelAnswer]) -> ServiceError:
+        details = "; ".join(f"{a.model}: {a.outcome} ({a.error})" for a in answers)
+        if answers and all(answer.outcome == "timeout" for answer in answers):
+            return upstream_timeout(f"no model answered in time: {details}")
+        return upstream_error(f"no model gave a usable answer: {details}", code="no_answer")
+
+    async def _persist_confidence(self) -> None:
+        # The file is bookkeeping: failing to write it must not fail the query.
+        try:
+            await asyncio.to_thread(self.confidence.save, self.confidence.snapshot())
+        except OSError as error:
+            if self.last_save_error is None:
+                log.error("cannot write the confidence file: %s", error)
+            self.last_save_error = str(error)
+        else:
+            self.last_save_error = None
+
+    # --- /stats ----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        lookups = self.cache_hits + self.cache_misses
+        snapshot = self.confidence.snapshot()
+        models: dict[str, Any] = {}
+        for model_id, spec in self.registry.items():
+            entry = snapshot.models.get(model_id)
+            models[model_id] = {
+                "confidence": round(entry.confidence, 4) if entry else None,
+                "successes": entry.successes if entry else 0,
+                "failures": entry.failures if entry else 0,
+                "input_usd_per_million": spec.input_usd_per_million,
+                "output_usd_per_million": spec.output_usd_per_million,
+            }
+        return {
+            **self.costs.summary(),
+            "queries": self.queries,
+            "cache": {
+                "entries": len(self.cache),
+                "max_entries": self.cache.max_entries,
+                "ttl_s": self.cache.ttl_s,
+                "hits": self.cache_hits,
+                "misses": self.cache_misses,
+                "hit_rate": round(self.cache_hits / lookups, 4) if lookups else None,
+            },
+            "flags": self.settings.flags(),
+            "models": models,
+        }
