@@ -1,0 +1,1 @@
+"""image-gen: turns a prompt into an image through an OpenAI-compatible images API."""

@@ -1,0 +1,61 @@
+"""modelkit: what every model service repeats (see workloads/kit/README.md for the API)."""
+
+from modelkit.app import ServiceMiddleware, create_app, metrics_of
+from modelkit.errors import (
+    ErrorType,
+    Outcome,
+    ServiceError,
+    error_body,
+    invalid_request,
+    not_found,
+    outcome_for_status,
+    rate_limited,
+    upstream_error,
+    upstream_timeout,
+)
+from modelkit.health import Check, HealthCheck
+from modelkit.logs import configure_logging, request_id_var
+from modelkit.metrics import DURATION_BUCKETS, ServiceMetrics, UpstreamHealth
+from modelkit.pricing import TOKEN_PRICES, TokenPrice, cost_usd, price_for
+from modelkit.runner import run, serve
+from modelkit.settings import (
+    ConfigurationError,
+    ServiceSettings,
+    load_settings,
+    parse_settings,
+)
+from modelkit.upstream import service_error_from_openai
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "TOKEN_PRICES",
+    "Check",
+    "ConfigurationError",
+    "ErrorType",
+    "HealthCheck",
+    "Outcome",
+    "ServiceError",
+    "ServiceMetrics",
+    "ServiceMiddleware",
+    "ServiceSettings",
+    "TokenPrice",
+    "UpstreamHealth",
+    "configure_logging",
+    "cost_usd",
+    "create_app",
+    "error_body",
+    "invalid_request",
+    "load_settings",
+    "metrics_of",
+    "not_found",
+    "outcome_for_status",
+    "parse_settings",
+    "price_for",
+    "rate_limited",
+    "request_id_var",
+    "run",
+    "serve",
+    "service_error_from_openai",
+    "upstream_error",
+    "upstream_timeout",
+]

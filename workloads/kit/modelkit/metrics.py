@@ -1,0 +1,154 @@
+"""The metric contract of DESIGN.md, one :class:`ServiceMetrics` per app.
+
+Each app gets its own ``CollectorRegistry`` so tests can build several apps in one process.
+Requests to /health and /metrics are not counted in ``model_requests_total``: probes and
+scrapes would dilute the error rates the canary analysis reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import openai
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from modelkit.errors import ServiceError
+from modelkit.health import Check
+from modelkit.pricing import TokenPrice, cost_usd
+from modelkit.upstream import service_error_from_openai, upstream_outcome
+
+log = logging.getLogger("modelkit.metrics")
+
+# Model calls take from a fraction of a second (chat) to minutes (image generation).
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 90.0, 120.0, 150.0, 180.0,
+    240.0, 300.0,
+)  # fmt: skip
+
+
+class UpstreamHealth:
+    """Consecutive upstream failures, for the /health "upstream" check.
+
+    One failure does not make a service degraded (a canary must stay routable after a single
+    timeout); ``degraded_after`` failures in a row do. It never reports failing: an outage of
+    the provider is not fixed by restarting the pod.
+    """
+
+    def __init__(self, degraded_after: int = 5) -> None:
+        self.degraded_after = degraded_after
+        self.consecutive_failures = 0
+        self.last_outcome: str | None = None
+        self._lock = threading.Lock()
+
+    def record(self, outcome: str) -> None:
+        with self._lock:
+            self.last_outcome = outcome
+            self.consecutive_failures = 0 if outcome == "success" else self.consecutive_failures + 1
+
+    def check(self) -> Check:
+        if self.last_outcome is None:
+            return Check.ok("no upstream calls yet")
+        detail = (
+            f"last call {self.last_outcome}; {self.consecutive_failures} consecutive failures"
+        )
+        if self.consecutive_failures >= self.degraded_after:
+            return Check.degraded(detail)
+        return Check.ok(detail)
+
+
+class ServiceMetrics:
+    """The contract's metrics in one registry, with helpers for upstream calls."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        prices: dict[str, TokenPrice] | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.prices = prices
+        self.upstream_health = UpstreamHealth()
+        self._unpriced_models: set[str] = set()
+        r = self.registry
+        self.requests = Counter(
+            "model_requests_total", "Requests served, by route and outcome.",
+            ["route", "outcome"], registry=r,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "model_request_duration_seconds", "Wall time per request.", ["route"],
+            buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.upstream_requests = Counter(
+            "model_upstream_requests_total", "Calls to the model provider.",
+            ["model", "outcome"], registry=r,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "model_tokens_total", "Tokens used.", ["model", "direction"], registry=r
+        )
+        self.cost = Counter(
+            "model_cost_usd_total", "Money spent upstream, in USD.", ["model"], registry=r
+        )
+        self.cache_requests = Counter(
+            "model_cache_requests_total", "Cache lookups.", ["result"], registry=r
+        )
+        self.info = Gauge("model_info", "What is running (=1).", ["model", "version"], registry=r)
+
+    def set_model_info(self, model: str, version: str) -> None:
+        self.info.labels(model=model, version=version).set(1)
+
+    def observe_request(self, route: str, outcome: str, duration_s: float) -> None:
+        self.requests.labels(route=route, outcome=outcome).inc()
+        self.request_duration.labels(route=route).observe(duration_s)
+
+    def record_upstream(self, model: str, outcome: str) -> None:
+        self.upstream_requests.labels(model=model, outcome=outcome).inc()
+        self.upstream_health.record(outcome)
+
+    def record_cache(self, hit: bool) -> None:
+        self.cache_requests.labels(result="hit" if hit else "miss").inc()
+
+    def record_cost(self, model: str, usd: float) -> None:
+        if usd > 0:
+            self.cost.labels(model=model).inc(usd)
+
+    def record_usage(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
+        """Count tokens and their cost by the price table; returns the cost (None if unpriced)."""
+        self.tokens.labels(model=model, direction="input").inc(max(0, input_tokens))
+        self.tokens.labels(model=model, direction="output").inc(max(0, output_tokens))
+        usd = cost_usd(model, input_tokens, output_tokens, self.prices)
+        if usd is None:
+            if model not in self._unpriced_models:
+                self._unpriced_models.add(model)
+                log.warning(
+                    "no price known for model; tokens are counted, cost is not",
+                    extra={"fields": {"model": model}},
+                )
+            return None
+        self.record_cost(model, usd)
+        return usd
+
+    @contextmanager
+    def upstream_call(self, model: str) -> Iterator[None]:
+        """Count one call to the model provider and translate its failures.
+
+        Inside the block, an openai exception becomes the matching :class:`ServiceError`
+        (see :mod:`modelkit.upstream`); a ServiceError raised by the caller (e.g. a malformed
+        answer) is counted as its outcome and re-raised. Success is counted on a clean exit.
+        A cancelled call (client went away) is not counted.
+        """
+        try:
+            yield
+        except ServiceError as error:
+            self.record_upstream(model, upstream_outcome(error))
+            raise
+        except openai.OpenAIError as error:
+            mapped = service_error_from_openai(error, model=model)
+            self.record_upstream(model, upstream_outcome(mapped))
+            raise mapped from error
+        except Exception:
+            self.record_upstream(model, "error")
+            raise
+        else:
+            self.record_upstream(model, "success")

@@ -1,0 +1,1 @@
+"""song-analyzer: scores song lyrics with a fine-tuned chat model, with a result cache."""

@@ -1,0 +1,25 @@
+"""song-analyzer's settings (environment variables)."""
+
+from __future__ import annotations
+
+from modelkit import ServiceSettings
+from pydantic import Field
+
+
+class SongAnalyzerSettings(ServiceSettings):
+    llm_api_base_url: str = Field(
+        default="https://api.openai.com/v1", min_length=1, description="OpenAI-compatible base URL."
+    )
+    llm_model: str = Field(
+        default="ft:gpt-4o-mini-2024-07-18:modeldeploy:songs:v1",
+        min_length=1,
+        description="The (fine-tuned) chat model that scores songs.",
+    )
+    llm_temperature: float = Field(default=0.2, ge=0, le=2)
+    llm_max_tokens: int = Field(default=2000, ge=1, le=128_000)
+    llm_timeout: float = Field(default=120.0, gt=0, le=3600, description="Seconds per LLM call.")
+    cache_max_entries: int = Field(
+        default=1024, ge=0, le=1_000_000, description="LRU cache size; 0 turns the cache off."
+    )
+    # Lyrics are bounded to 20,000 characters (≤ 80 KB of UTF-8) plus artist and title.
+    max_request_bytes: int = Field(default=128 * 1024, ge=1)
