@@ -1,0 +1,166 @@
+"""The two rollouts every user relies on, on a real cluster: a healthy new revision is promoted
+to stable, and a new revision whose upstream fails is rolled back on its own.
+
+The service is the song analyzer (examples/song-analyzer.yaml, adjusted to the test namespace),
+talking to the fake OpenAI-compatible upstream deployed next to it; a "bad" revision switches
+LLM_MODEL to a model the upstream is told to fail, exactly as a broken fine-tune would.
+
+Environment: E2E_IMAGE_TAG (default `dev`, what hack/kind-up.sh builds); E2E_FAKEUPSTREAM_IMAGE
+(default the song-analyzer image, run as `python -m fakeupstream`: the workload images install
+the whole repository, hack/ included); E2E_PROMETHEUS (default kube-prometheus-stack's
+`http://prometheus-operated.monitoring:9090`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from e2e_cluster import Body, Cluster
+
+REPO = Path(__file__).resolve().parents[2]
+NAME = "song-analyzer"
+TAG = os.environ.get("E2E_IMAGE_TAG", "dev")
+SERVICE_IMAGE = f"modeldeploy/song-analyzer:{TAG}"
+UPSTREAM_IMAGE = os.environ.get("E2E_FAKEUPSTREAM_IMAGE", SERVICE_IMAGE)
+PROMETHEUS = os.environ.get("E2E_PROMETHEUS", "http://prometheus-operated.monitoring:9090")
+UPSTREAM = "fakeupstream"
+
+pytestmark = pytest.mark.e2e
+
+
+def fake_upstream(namespace: str) -> tuple[Body, Body]:
+    labels = {"app.kubernetes.io/name": UPSTREAM}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": UPSTREAM, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": UPSTREAM,
+                            "image": UPSTREAM_IMAGE,
+                            "command": ["python", "-m", "fakeupstream"],
+                            "env": [{"name": "PORT", "value": "8080"}],
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                            "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": UPSTREAM, "namespace": namespace, "labels": labels},
+        "spec": {"selector": labels, "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]},
+    }
+    return deployment, service
+
+
+def song_analyzer(namespace: str, model: str) -> Body:
+    """examples/song-analyzer.yaml, pointed at the fake upstream, with short steps."""
+    example = yaml.safe_load((REPO / "examples" / "song-analyzer.yaml").read_text())
+    body: Body = copy.deepcopy(example)
+    body["metadata"] = {"name": NAME, "namespace": namespace}
+    spec = body["spec"]
+    spec["replicas"] = 2
+    container = spec["template"]["spec"]["containers"][0]
+    container["image"] = SERVICE_IMAGE
+    env = {e["name"]: e for e in container.get("env", [])}
+    env["LLM_MODEL"] = {"name": "LLM_MODEL", "value": model}
+    env["LLM_API_BASE_URL"] = {"name": "LLM_API_BASE_URL", "value": f"http://{UPSTREAM}.{namespace}:8080/v1"}
+    env["LLM_TIMEOUT"] = {"name": "LLM_TIMEOUT", "value": "10"}
+    env["OPENAI_API_KEY"] = {"name": "OPENAI_API_KEY", "value": "not-set"}
+    container["env"] = list(env.values())
+    spec["strategy"] = {
+        "canary": {
+            "steps": [{"setWeight": 50}, {"pause": {"duration": "90s"}}, {"setWeight": 100}],
+            "trafficRouting": {"replicas": {}},
+        }
+    }
+    spec["analysis"]["interval"] = "15s"
+    spec["analysis"]["provider"] = {"prometheus": {"address": PROMETHEUS}}
+    spec["rollback"] = {"automatic": True, "bakeTime": "30s"}
+    return body
+
+
+def song(n: int) -> Body:
+    """A distinct song per request, so the service's cache never answers for the upstream."""
+    return {"artist": "e2e", "title": f"song {n}", "lyrics": f"verse {n}\nchorus {n}"}
+
+
+def phase(obj: Body) -> str | None:
+    status: dict[str, Any] = obj.get("status") or {}
+    return status.get("phase")
+
+
+def settled(obj: Body) -> bool:
+    """The operator has seen the current spec and finished with it."""
+    status: dict[str, Any] = obj.get("status") or {}
+    return status.get("observedGeneration") == obj["metadata"].get("generation") and phase(obj) in {
+        "Succeeded",
+        "RolledBack",
+        "Failed",
+        "Degraded",
+    }
+
+
+@pytest.fixture
+def stable_song_analyzer(cluster: Cluster, namespace: str) -> Body:
+    """The fake upstream and a song analyzer whose first revision is stable."""
+    cluster.create_deployment_and_service(namespace, *fake_upstream(namespace))
+    cluster.wait_for_deployment_ready(namespace, UPSTREAM)
+    cluster.create_model_deployment(song_analyzer(namespace, model="ft:songs:v1"))
+    first = cluster.wait_for_model_deployment(namespace, NAME, settled)
+    assert phase(first) == "Succeeded", first.get("status")
+    assert first["status"]["stableRevision"]
+    return first
+
+
+def test_a_healthy_new_revision_is_promoted_to_stable(
+    cluster: Cluster, namespace: str, stable_song_analyzer: Body
+) -> None:
+    old = stable_song_analyzer["status"]["stableRevision"]
+    with cluster.traffic(namespace, NAME, "http", "analyze", song) as answers:
+        cluster.update_container_env(namespace, NAME, {"LLM_MODEL": "ft:songs:v2"})
+        done = cluster.wait_for_model_deployment(namespace, NAME, settled)
+    status = done["status"]
+    assert phase(done) == "Succeeded", status
+    assert status["stableRevision"] != old
+    assert status["history"][0]["outcome"] == "Promoted"
+    assert answers.get(200, 0) > 0, f"no request succeeded: {answers}"
+
+
+def test_a_new_revision_whose_upstream_fails_is_rolled_back_on_its_own(
+    cluster: Cluster, namespace: str, stable_song_analyzer: Body
+) -> None:
+    old = stable_song_analyzer["status"]["stableRevision"]
+    code = cluster.proxy(
+        namespace,
+        UPSTREAM,
+        "http",
+        "PUT",
+        "admin/faults/ft:songs:broken",
+        {"error_rate": 1.0, "status_code": 500},
+    )
+    assert code == 200, "the fake upstream refused the fault"
+    with cluster.traffic(namespace, NAME, "http", "analyze", song):
+        cluster.update_container_env(namespace, NAME, {"LLM_MODEL": "ft:songs:broken"})
+        done = cluster.wait_for_model_deployment(namespace, NAME, settled)
+    status = done["status"]
+    assert phase(done) == "RolledBack", status
+    assert status["stableRevision"] == old, "the stable revision must not change"
+    assert status["history"][0]["outcome"] == "RolledBack"
+    assert status["history"][0]["reason"], "a rollback says why"
+    assert not status.get("canaryWeight"), "no traffic may stay on the rolled-back canary"
