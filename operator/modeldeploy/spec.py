@@ -710,6 +710,15 @@ class ModelDeploymentStatus(Model):
     step_started_at: str | None = None
     paused_at: str | None = None
     pause_reason: str | None = None
+    pause_cause: Literal["user", "inconclusive", "analysisFailed"] | None = Field(
+        None, description="Who holds the rollout: the user, or analysis (inconclusive, failed)."
+    )
+    not_ready_since: str | None = Field(
+        None, description="Since when the current step waits for readiness (progressDeadline)."
+    )
+    fast_rollout: bool | None = Field(
+        None, description="Rolling out a known-good revision: pause and analysis steps skipped."
+    )
     aborted_revision: str | None = None
     previous_revision: str | None = None
     bake_until: str | None = None

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from modeldeploy import spec as s
 from modeldeploy.analysis import presets, promql
 from modeldeploy.measurement import Measurement, NoData, QueryError
@@ -21,7 +20,8 @@ from modeldeploy.providers.prometheus import PrometheusProvider
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 pytestmark = pytest.mark.skipif(
-    not Path(PROMETHEUS).exists(), reason="Debian's prometheus package is not installed (hack/setup installs it)"
+    not Path(PROMETHEUS).exists(),
+    reason="Debian's prometheus package is not installed (hack/setup installs it)",
 )
 
 

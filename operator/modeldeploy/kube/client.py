@@ -13,6 +13,7 @@ Deployments (scale the ModelDeployment's ``spec.replicas`` instead; see README).
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import uuid
 from collections.abc import Callable
@@ -36,6 +37,15 @@ def load_api_client() -> ApiClient:
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
     return ApiClient()
+
+
+def without_nulls(value: Any) -> Any:
+    """Drop keys whose value is None (they mean "remove" in a patch, nothing in a create)."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
 
 
 class KubeClient:
@@ -100,20 +110,45 @@ class KubeClient:
         return [self._api.sanitize_for_serialization(item) for item in result.items]
 
     async def apply(self, manifest: Manifest) -> None:
-        """Create the object, or merge-patch the fields the manifest sets."""
+        """Create the object, or patch the fields the operator owns on it.
+
+        - Deployment: labels and replicas only. A revision's pod template never changes
+          (the revision IS the template's hash), and re-sending it would restart pods
+          when only a label such as the track differs.
+        - Service: labels, ports and the selector; a selector key set to None is
+          removed (JSON merge patch semantics), so a Service can widen again.
+        - ConfigMap: immutable, never patched.
+        """
         kind = manifest["kind"]
         namespace = manifest["metadata"]["namespace"]
         name = manifest["metadata"]["name"]
         create, patch = self._verbs(kind)
         try:
-            await self._call(create, namespace, manifest)
+            await self._call(create, namespace, without_nulls(manifest))
             return
         except ApiException as error:
             if error.status != 409:
                 raise
         if kind == "ConfigMap":
-            return  # immutable: a revision's config never changes
-        await self._call(patch, name, namespace, manifest)
+            return
+        if kind == "Deployment":
+            body = {
+                "metadata": {"labels": manifest["metadata"]["labels"]},
+                "spec": {"replicas": manifest["spec"]["replicas"]},
+            }
+        else:
+            body = {"metadata": {"labels": manifest["metadata"]["labels"]}, "spec": manifest["spec"]}
+        await self._call(patch, name, namespace, body)
+
+    async def get_service_selector(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            service = await self._call(self._core.read_namespaced_service, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        selector: dict[str, str] = dict(service.spec.selector or {})
+        return selector
 
     async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         await self._call(
@@ -161,6 +196,17 @@ class KubeClient:
             ),
         }
         return verbs[kind]
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
+        """One key of a Secret, decoded; None when the Secret or key is missing."""
+        try:
+            secret = await self._call(self._core.read_namespaced_secret, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        encoded = (secret.data or {}).get(key)
+        return None if encoded is None else base64.b64decode(encoded).decode()
 
     # -- HTTPRoutes (the gatewayAPI router) -------------------------------------------
 

@@ -119,10 +119,12 @@ def configmap(md: s.ModelDeployment, revision: str) -> Manifest:
 def service(
     md: s.ModelDeployment, name: str, revision: str | None, labels: dict[str, str] | None = None
 ) -> Manifest:
-    """A Service over the ModelDeployment's pods; ``revision`` narrows it to one revision."""
-    selector = {s.LABEL_NAME: md.metadata.name}
-    if revision is not None:
-        selector[s.LABEL_REVISION] = revision
+    """A Service over the ModelDeployment's pods; ``revision`` narrows it to one revision.
+
+    Without a revision the selector says ``modeldeploy.io/revision: None``: removed by a
+    merge patch (the Service widens back to every revision), dropped on create.
+    """
+    selector: dict[str, str | None] = {s.LABEL_NAME: md.metadata.name, s.LABEL_REVISION: revision}
     return {
         "apiVersion": "v1",
         "kind": "Service",

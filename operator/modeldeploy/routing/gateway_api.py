@@ -52,7 +52,8 @@ class GatewayAPIRouter:
         self, md: s.ModelDeployment, stable: str, canary: str | None, weight: int
     ) -> None:
         name = md.metadata.name
-        await self._kube.apply(objects.service(md, name, revision=stable))
+        # Per-track Services select by revision: a revision keeps the track label it was
+        # born with on its pod template, so selecting by track would be wrong after promotion.
         await self._kube.apply(objects.service(md, f"{name}-stable", revision=stable))
         await self._kube.apply(objects.service(md, f"{name}-canary", revision=canary or stable))
         namespace = md.metadata.namespace

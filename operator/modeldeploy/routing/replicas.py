@@ -37,17 +37,24 @@ class ReplicasRouter:
     async def set_weight(
         self, md: s.ModelDeployment, stable: str, canary: str | None, weight: int
     ) -> None:
-        # The Service selects every revision of this ModelDeployment; the counts do the rest.
-        await self._kube.apply(objects.service(md, md.metadata.name, revision=None))
+        """Nothing to set: the engine's scaling of the two Deployments is the weight."""
 
     async def served_weight(
         self, md: s.ModelDeployment, stable: str, canary: str | None
     ) -> int | None:
-        deployments = await self._kube.list_deployments(md.metadata.namespace, md.metadata.name)
-        stable_ready = ready_replicas(deployments, objects.deployment_name(md.metadata.name, stable))
+        """The canary's share among the READY pods the Service selects now."""
+        namespace, name = md.metadata.namespace, md.metadata.name
+        selector = await self._kube.get_service_selector(namespace, name)
+        if selector is None:
+            return None
+        narrowed = selector.get(s.LABEL_REVISION)
+        if narrowed is not None:  # the Service selects one revision alone (e.g. at 100%)
+            return 100 if narrowed == canary else 0
         if canary is None:
-            return 0 if stable_ready else None
-        canary_ready = ready_replicas(deployments, objects.deployment_name(md.metadata.name, canary))
+            return 0
+        deployments = await self._kube.list_deployments(namespace, name)
+        stable_ready = ready_replicas(deployments, objects.deployment_name(name, stable))
+        canary_ready = ready_replicas(deployments, objects.deployment_name(name, canary))
         return served_share(stable_ready, canary_ready)
 
 

@@ -1,0 +1,191 @@
+"""Judge one round of measurements: pass, fail or inconclusive, never two outcomes only.
+
+Pure: the shell ran the queries (canary, and stable for relative checks, in the same
+window) and hands the results in; this module decides.
+
+Counting, as Argo Rollouts' consecutive counters and Flagger's failed checks do it:
+- a gate that fails ``failureLimit + 1`` measurements IN A ROW fails the analysis
+  (a pass in between resets the count, so one noisy sample never reverts a canary);
+- a gate inconclusive ``inconclusiveLimit + 1`` times in a row exceeds the
+  inconclusive limit (the engine pauses, or reverts if the spec asks);
+- a step needing N measurements needs every gate to pass N times in a row;
+- no data (no series, NaN, ±Inf) and provider errors are inconclusive, never a pass;
+  with ``noData: fail``, no data counts as a failure (provider errors stay inconclusive:
+  an unreachable Prometheus says nothing about the canary);
+- a rollback indicator breaches only on a real value out of range: missing data never
+  reverts anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+
+from modeldeploy import spec as s
+from modeldeploy.analysis.presets import IndicatorCheck, MetricCheck
+from modeldeploy.analysis.report import AnalysisFailure, AnalysisReport, AnalysisRequest, Breach
+from modeldeploy.measurement import Measurement, NoData, QueryResult
+
+INDICATOR_SUFFIX = " (rollback indicator)"
+
+
+def _stamp(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def describe_bounds(
+    threshold: s.ThresholdRange | None, relative: s.RelativeToStable | None
+) -> str:
+    parts = [threshold.describe()] if threshold else []
+    if relative:
+        if relative.max_ratio is not None:
+            parts.append(f"<= {relative.max_ratio:g}x stable")
+        if relative.max_increase is not None:
+            parts.append(f"<= stable + {relative.max_increase:g}")
+        if relative.min_ratio is not None:
+            parts.append(f">= {relative.min_ratio:g}x stable")
+        if relative.max_decrease is not None:
+            parts.append(f">= stable - {relative.max_decrease:g}")
+    return ", ".join(parts)
+
+
+def within(
+    value: float,
+    stable: float | None,
+    threshold: s.ThresholdRange | None,
+    relative: s.RelativeToStable | None,
+) -> bool:
+    if threshold is not None:
+        if threshold.min is not None and value < threshold.min:
+            return False
+        if threshold.max is not None and value > threshold.max:
+            return False
+    if relative is not None and stable is not None:
+        if relative.max_ratio is not None and value > relative.max_ratio * stable:
+            return False
+        if relative.max_increase is not None and value > stable + relative.max_increase:
+            return False
+        if relative.min_ratio is not None and value < relative.min_ratio * stable:
+            return False
+        if relative.max_decrease is not None and value < stable - relative.max_decrease:
+            return False
+    return True
+
+
+def _judge(
+    result: QueryResult | None,
+    stable: QueryResult | None,
+    threshold: s.ThresholdRange | None,
+    relative: s.RelativeToStable | None,
+    no_data: str,
+) -> tuple[s.Verdict, float | None, float | None, str]:
+    """Verdict, canary value, stable value and a one-line reason for one check."""
+    if result is None:
+        return s.Verdict.INCONCLUSIVE, None, None, "not measured"
+    if not isinstance(result, Measurement):
+        verdict = s.Verdict.FAIL if isinstance(result, NoData) and no_data == "fail" else (
+            s.Verdict.INCONCLUSIVE)
+        return verdict, None, None, result.reason
+    stable_value: float | None = None
+    if relative is not None:
+        if not isinstance(stable, Measurement):
+            reason = stable.reason if stable is not None else "stable not measured"
+            return s.Verdict.INCONCLUSIVE, result.value, None, f"stable track: {reason}"
+        stable_value = stable.value
+    ok = within(result.value, stable_value, threshold, relative)
+    verdict = s.Verdict.PASS if ok else s.Verdict.FAIL
+    against = f" vs stable {stable_value:.4g}" if stable_value is not None else ""
+    reason = f"{result.value:.4g}{against} ({describe_bounds(threshold, relative)})"
+    return verdict, result.value, stable_value, reason
+
+
+def evaluate(
+    request: AnalysisRequest,
+    gates: Sequence[MetricCheck],
+    indicators: Sequence[IndicatorCheck],
+    canary: Mapping[str, QueryResult],
+    stable: Mapping[str, QueryResult],
+    previous: Sequence[s.MetricStatus],
+    no_data: str,
+    now: dt.datetime,
+) -> AnalysisReport:
+    """One round's report. ``previous`` is status.analysis (cleared when a step starts)."""
+    before = {m.name: m for m in previous}
+    statuses: list[s.MetricStatus] = []
+    failed: AnalysisFailure | None = None
+    inconclusive: AnalysisFailure | None = None
+    if request.metrics is not None:
+        gates = [g for g in gates if g.name in request.metrics]
+    for gate in gates:
+        verdict, value, stable_value, reason = _judge(
+            canary.get(gate.name), stable.get(gate.name), gate.threshold_range,
+            gate.relative_to_stable, no_data,
+        )
+        last = before.get(gate.name)
+        failures = (last.consecutive_failures + 1 if last else 1) if verdict is s.Verdict.FAIL else 0
+        unknowns = (
+            (last.consecutive_inconclusive + 1 if last else 1)
+            if verdict is s.Verdict.INCONCLUSIVE else 0
+        )
+        passes = (last.consecutive_passes + 1 if last else 1) if verdict is s.Verdict.PASS else 0
+        if failures > gate.failure_limit and failed is None:
+            failed = AnalysisFailure(
+                gate.name, f"{reason}; failed {failures} times in a row (failureLimit {gate.failure_limit})"
+            )
+        if unknowns > gate.inconclusive_limit and inconclusive is None:
+            inconclusive = AnalysisFailure(
+                gate.name,
+                f"inconclusive {unknowns} times in a row (inconclusiveLimit {gate.inconclusive_limit}): "
+                f"{reason}",
+            )
+        statuses.append(s.MetricStatus(
+            name=gate.name, value=value, stable_value=stable_value,
+            threshold=describe_bounds(gate.threshold_range, gate.relative_to_stable),
+            verdict=verdict, message=reason, time=_stamp(now),
+            consecutive_failures=failures, consecutive_inconclusive=unknowns,
+            consecutive_passes=passes,
+        ))
+    breach: Breach | None = None
+    for indicator in indicators:
+        key = indicator.metric + INDICATOR_SUFFIX
+        verdict, value, stable_value, reason = _judge(
+            canary.get(key), stable.get(key), indicator.threshold_range,
+            indicator.relative_to_stable, "inconclusive",
+        )
+        if verdict is s.Verdict.FAIL and breach is None:
+            breach = Breach(
+                indicator.metric, value,
+                describe_bounds(indicator.threshold_range, indicator.relative_to_stable),
+                request.revision,
+            )
+        statuses.append(s.MetricStatus(
+            name=key, value=value, stable_value=stable_value,
+            threshold=describe_bounds(indicator.threshold_range, indicator.relative_to_stable),
+            verdict=verdict, message=reason, time=_stamp(now),
+        ))
+    gate_statuses = statuses[: len(gates)]
+    if any(m.verdict is s.Verdict.FAIL for m in gate_statuses):
+        overall = s.Verdict.FAIL
+    elif any(m.verdict is s.Verdict.INCONCLUSIVE for m in gate_statuses):
+        overall = s.Verdict.INCONCLUSIVE
+    else:
+        overall = s.Verdict.PASS
+    in_a_row = min((m.consecutive_passes for m in gate_statuses), default=0)
+    passed = sum(1 for m in gate_statuses if m.verdict is s.Verdict.PASS)
+    summary = f"analysis {passed}/{len(gate_statuses)} metrics passed"
+    if request.measurements:
+        summary += f", {min(in_a_row, request.measurements)}/{request.measurements} rounds in a row"
+    worst = next((m for m in gate_statuses if m.verdict is not s.Verdict.PASS), None)
+    if worst is not None:
+        summary += f"; {worst.name} {worst.message}"
+    return AnalysisReport(
+        revision=request.revision,
+        measured_at=now,
+        verdict=overall,
+        consecutive_passes=in_a_row,
+        metrics=tuple(statuses),
+        breach=breach,
+        failed=failed,
+        inconclusive_exceeded=inconclusive,
+        summary=summary,
+    )

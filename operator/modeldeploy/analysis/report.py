@@ -1,0 +1,96 @@
+"""What analysis tells the engine, and what the engine asks analysis to measure.
+
+These are the types only: issue 5 fills in the evaluation (threshold ranges,
+failure/inconclusive counting, presets, PromQL templating) and produces an
+:class:`AnalysisReport` per tick. The engine (:mod:`modeldeploy.engine`) reads a
+report and never measures anything itself.
+
+Contract between the two:
+- The shell asks :func:`modeldeploy.engine.analysis_request` what to measure (which
+  revision against which stable revision, which metrics, counting from when), runs
+  the providers, and hands the engine the resulting report in
+  ``Observation.analysis``.
+- ``consecutive_passes`` counts from ``AnalysisRequest.since``: the engine clears
+  ``status.analysis`` whenever an analysis step starts, so the counters that issue 5
+  keeps in :class:`~modeldeploy.spec.MetricStatus` restart per step, as Argo Rollouts
+  starts a fresh AnalysisRun for each inline analysis step.
+- A report counts only for the revision it names, and only when it was measured
+  after the current step started (``measured_at > status.stepStartedAt``), so a stale
+  report never completes a step it was not measured in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from modeldeploy.spec import MetricStatus, Verdict
+
+
+@dataclass(frozen=True)
+class Breach:
+    """A rollback indicator out of range: the engine reverts at once."""
+
+    metric: str
+    value: float | None
+    threshold: str
+    revision: str
+
+    def describe(self) -> str:
+        value = "no value" if self.value is None else f"{self.value:g}"
+        return (
+            f"rollback indicator {self.metric} = {value} breached {self.threshold} "
+            f"(revision {self.revision})"
+        )
+
+
+@dataclass(frozen=True)
+class AnalysisFailure:
+    """A metric over its failureLimit (or inconclusiveLimit), with the reason an SRE reads."""
+
+    metric: str
+    message: str
+
+    def describe(self) -> str:
+        return f"{self.metric}: {self.message}"
+
+
+@dataclass(frozen=True)
+class AnalysisReport:
+    """The outcome of analysis for one tick of one canary revision.
+
+    ``verdict`` is this tick's overall verdict; ``consecutive_passes`` how many ticks
+    in a row passed since the request's ``since``; ``breach`` a rollback indicator out
+    of range (revert at once); ``failed`` a metric past its failureLimit (revert when
+    rollback.automatic, else hold); ``inconclusive_exceeded`` a metric past its
+    inconclusiveLimit (pause, or revert when analysis.onInconclusive is rollback);
+    ``metrics`` the last measurement of every metric, written to status.analysis;
+    ``summary`` one line for status.message ("analysis 2/3 metrics passed; ...").
+    """
+
+    revision: str
+    measured_at: datetime
+    verdict: Verdict
+    consecutive_passes: int = 0
+    metrics: tuple[MetricStatus, ...] = ()
+    breach: Breach | None = None
+    failed: AnalysisFailure | None = None
+    inconclusive_exceeded: AnalysisFailure | None = None
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """What the shell should measure this tick (see :func:`modeldeploy.engine.analysis_request`).
+
+    ``metrics`` limits the run to these metric names (an analysis step's ``metrics``);
+    None means every configured metric and preset. ``measurements`` is the number of
+    consecutive passes the current step needs, None outside analysis steps (background
+    analysis: only breaches, failures and inconclusive limits matter there).
+    """
+
+    revision: str
+    stable_revision: str | None
+    since: datetime
+    metrics: tuple[str, ...] | None = None
+    measurements: int | None = None

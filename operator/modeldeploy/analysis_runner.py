@@ -1,0 +1,133 @@
+"""Run a round of analysis for the engine: what to measure (engine), measure (providers), judge.
+
+Shell code: it does the I/O the pure analysis core must not. A round runs when the
+engine asks for one (a canary, an analysis step, or the bake after 100%) and the
+spec's ``analysis.interval`` has passed since the last round recorded in status, so
+restarts and ticks in between never measure twice as often as asked.
+
+Canary and stable are measured with the same query in the same round (only the
+revision differs), so relative-to-stable checks compare like with like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import tempfile
+import time
+from dataclasses import dataclass
+
+from modeldeploy import engine, metrics
+from modeldeploy import spec as s
+from modeldeploy.analysis import presets, promql
+from modeldeploy.analysis.evaluate import INDICATOR_SUFFIX, evaluate
+from modeldeploy.analysis.report import AnalysisReport, AnalysisRequest
+from modeldeploy.kube.client import KubeClient
+from modeldeploy.measurement import QueryResult
+from modeldeploy.providers import MetricProvider, provider_for
+
+
+@dataclass
+class _Secrets:
+    bearer_token: str | None = None
+    ca_bundle_path: str | None = None
+
+
+def _last_round(status: s.ModelDeploymentStatus) -> dt.datetime | None:
+    stamps = [m.time for m in status.analysis if m.time]
+    if not stamps:
+        return None
+    return dt.datetime.fromisoformat(max(stamps).replace("Z", "+00:00"))
+
+
+def round_due(spec: s.ModelDeploymentSpec, status: s.ModelDeploymentStatus, now: dt.datetime) -> bool:
+    assert spec.analysis is not None
+    last = _last_round(status)
+    return last is None or now - last >= s.parse_duration(spec.analysis.interval)
+
+
+class AnalysisRunner:
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+
+    async def measure(
+        self, md: s.ModelDeployment, status: s.ModelDeploymentStatus, now: dt.datetime
+    ) -> AnalysisReport | None:
+        analysis = md.spec.analysis
+        if analysis is None:
+            return None
+        request = engine.analysis_request(md.spec, status, now)
+        if request is None or not round_due(md.spec, status, now):
+            return None
+        gates, indicators = presets.resolve(analysis)
+        provider = provider_for(analysis.provider, await self._secrets(md))
+        canary, stable = await self._run(md, request, provider, gates, indicators)
+        report = evaluate(request, gates, indicators, canary, stable, status.analysis,
+                          analysis.no_data, now)
+        for metric in report.metrics:
+            metrics.MEASUREMENTS.labels(md.metadata.namespace, md.metadata.name, metric.name,
+                                        metric.verdict.value).inc()
+        return report
+
+    async def _run(
+        self,
+        md: s.ModelDeployment,
+        request: AnalysisRequest,
+        provider: MetricProvider,
+        gates: list[presets.MetricCheck],
+        indicators: list[presets.IndicatorCheck],
+    ) -> tuple[dict[str, QueryResult], dict[str, QueryResult]]:
+        assert md.spec.analysis is not None
+        context = promql.QueryContext(
+            name=md.metadata.name, namespace=md.metadata.namespace, revision=request.revision,
+            stable_revision=request.stable_revision or request.revision,
+            interval=md.spec.analysis.interval,
+        )
+        stable_context = promql.QueryContext(
+            name=context.name, namespace=context.namespace,
+            revision=request.stable_revision or request.revision,
+            stable_revision=context.stable_revision, interval=context.interval,
+        )
+        jobs: dict[tuple[str, str], str] = {}
+        for gate in gates:
+            jobs[("canary", gate.name)] = promql.render(gate.query, context)
+            if gate.relative_to_stable is not None and request.stable_revision:
+                jobs[("stable", gate.name)] = promql.render(gate.query, stable_context)
+        for indicator in indicators:
+            key = indicator.metric + INDICATOR_SUFFIX
+            jobs[("canary", key)] = promql.render(indicator.query, context)
+            if indicator.relative_to_stable is not None and request.stable_revision:
+                jobs[("stable", key)] = promql.render(indicator.query, stable_context)
+        # The same PromQL is asked once even when a gate and an indicator share it.
+        unique = sorted(set(jobs.values()))
+        answers = dict(zip(unique, await asyncio.gather(*(self._timed(provider, q) for q in unique)),
+                           strict=True))
+        canary = {name: answers[q] for (track, name), q in jobs.items() if track == "canary"}
+        stable = {name: answers[q] for (track, name), q in jobs.items() if track == "stable"}
+        return canary, stable
+
+    async def _timed(self, provider: MetricProvider, query: str) -> QueryResult:
+        started = time.perf_counter()
+        try:
+            return await provider.query(query)
+        finally:
+            metrics.QUERY_SECONDS.observe(time.perf_counter() - started)
+
+    async def _secrets(self, md: s.ModelDeployment) -> _Secrets:
+        assert md.spec.analysis is not None
+        config = md.spec.analysis.provider.prometheus
+        secrets = _Secrets()
+        if config is None:
+            return secrets
+        namespace = md.metadata.namespace
+        if config.bearer_token_secret is not None:
+            ref = config.bearer_token_secret
+            secrets.bearer_token = await self._kube.read_secret_key(namespace, ref.name, ref.key)
+        if config.ca_secret is not None:
+            ref = config.ca_secret
+            pem = await self._kube.read_secret_key(namespace, ref.name, ref.key)
+            if pem:
+                with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as bundle:
+                    bundle.write(pem)
+                secrets.ca_bundle_path = bundle.name
+        return secrets

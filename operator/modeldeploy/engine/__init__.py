@@ -1,0 +1,97 @@
+"""The rollout engine: a pure state machine, no I/O, no clock (time comes in ``now``).
+
+The shell (Kopf handler) calls, once per tick::
+
+    revision_of(spec) -> str
+    reconcile(spec, status, observation, name) -> Decision
+    invalid_spec_status(status, generation, errors, now) -> ModelDeploymentStatus
+    analysis_request(spec, status, now) -> AnalysisRequest | None
+    plan_replicas(weight, replicas, router, dynamic_stable_scale) -> ReplicaPlan
+
+A tick, as the shell runs it:
+
+1. Validate the body into :class:`~modeldeploy.spec.ModelDeployment`. If it fails,
+   write ``invalid_spec_status(status, generation, spec.explain(error), now)`` and
+   apply nothing (running Deployments stay as they are).
+2. Ask ``analysis_request(spec, status, now)``; when it is not None, run the
+   providers and build an :class:`~modeldeploy.analysis.AnalysisReport` for it
+   (stamped ``measured_at=now``).
+3. Observe: the Deployments labelled modeldeploy.io/name=<name> (by revision), the
+   canary weight the router verified, ``now``; call ``reconcile``.
+4. Apply ``decision.actions`` in order (they are the whole desired state, so
+   applying them again is harmless), write ``decision.status`` in one status write
+   (``status.control`` comes back cleared: the control was consumed), and look again
+   after ``decision.requeue_after`` (None: on the next change only).
+
+What ``Observation.router_weight`` means: the canary's share of traffic as the data
+plane serves it. For the gatewayAPI router, the HTTPRoute's verified weights. For
+the replicas router, the ready pods' ratio among the pods the Service selects: at
+100% the Service selects the canary revision alone (``EnsureService(revision)``),
+so warm stable pods do not count.
+
+Actions (:mod:`modeldeploy.engine.actions`) say what should exist, not how to
+patch it. A revision's track is part of its desired state; the canary's Deployment
+becomes ``track: stable`` at promotion, so the kube adapter should change the track
+label without restarting pods (e.g. keep it out of the Deployment's selector and
+label the running pods in place, or accept that the label lags on the template).
+
+Actions (:mod:`modeldeploy.engine.actions`): EnsureConfigMap, EnsureDeployment,
+ScaleDeployment, DeleteDeployment, EnsureService, EnsurePreviewService,
+SetTrafficWeight, EmitEvent. Behaviour and the choices made where the design is
+silent: :mod:`modeldeploy.engine.machine` (state machine),
+:mod:`modeldeploy.engine.replicas` (rounding), :mod:`modeldeploy.engine.revision`,
+:mod:`modeldeploy.engine.steps` (what status.currentStep indexes).
+"""
+
+from modeldeploy.engine.actions import (
+    Action,
+    DeleteDeployment,
+    EmitEvent,
+    EnsureConfigMap,
+    EnsureDeployment,
+    EnsurePreviewService,
+    EnsureService,
+    ScaleDeployment,
+    SetTrafficWeight,
+    Track,
+)
+from modeldeploy.engine.machine import (
+    Decision,
+    analysis_request,
+    format_time,
+    invalid_spec_status,
+    parse_time,
+    reconcile,
+)
+from modeldeploy.engine.observations import DeploymentObservation, Observation
+from modeldeploy.engine.replicas import ReplicaPlan, Router, effective_weight, plan_replicas
+from modeldeploy.engine.revision import revision_of
+from modeldeploy.engine.steps import Step, steps_of
+
+__all__ = [
+    "Action",
+    "Decision",
+    "DeleteDeployment",
+    "DeploymentObservation",
+    "EmitEvent",
+    "EnsureConfigMap",
+    "EnsureDeployment",
+    "EnsurePreviewService",
+    "EnsureService",
+    "Observation",
+    "ReplicaPlan",
+    "Router",
+    "ScaleDeployment",
+    "SetTrafficWeight",
+    "Step",
+    "Track",
+    "analysis_request",
+    "effective_weight",
+    "format_time",
+    "invalid_spec_status",
+    "parse_time",
+    "plan_replicas",
+    "reconcile",
+    "revision_of",
+    "steps_of",
+]

@@ -1,0 +1,63 @@
+"""Kopf handlers: small, settings in one startup handler, state in the resource's status.
+
+Why no Kopf timer or daemon: Kopf blocks deletion of a resource with a finalizer while
+a timer or daemon runs for it, and nothing a ModelDeployment owns needs cleaning beyond
+what ownerReferences already garbage-collect. So watch events only *wake* the
+controller (modeldeploy.controller), which ticks each resource on its own schedule in
+one operator-level task; no finalizer is ever added.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from modeldeploy import metrics
+from modeldeploy import spec as s
+from modeldeploy.controller import OperatorConfig, RolloutController
+from modeldeploy.kube.client import KubeClient, load_api_client
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = OperatorConfig.from_env()
+    # Stalled watch streams are a known failure: make the server end them, and the
+    # client give up a little later, so every watch is re-established regularly.
+    settings.watching.server_timeout = config.watch_server_timeout
+    settings.watching.client_timeout = config.watch_server_timeout + 30
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    # The controller posts its own Events (one per phase change); Kopf's would be noise.
+    settings.posting.enabled = False
+    # One active operator: Kopf's peering pauses lower-priority peers (not leader election).
+    settings.peering.standalone = config.peering_name is None
+    if config.peering_name is not None:
+        settings.peering.name = config.peering_name
+        settings.peering.priority = config.peering_priority
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if config.metrics_port is not None:
+        metrics.serve(config.metrics_port)
+    memo.controller = RolloutController(KubeClient(load_api_client()), config)
+    await memo.controller.start()
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    await memo.controller.stop()
+
+
+@kopf.on.event(s.GROUP, s.VERSION, s.PLURAL)
+async def model_deployment_changed(
+    type: str, name: str, namespace: str | None, memo: Any, **_: Any
+) -> None:
+    memo.controller.notice(namespace or "default", name, gone=type == "DELETED")
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={s.LABEL_NAME: kopf.PRESENT})
+async def owned_deployment_changed(
+    labels: kopf.Labels, namespace: str | None, memo: Any, **_: Any
+) -> None:
+    # A canary becoming ready is what most steps wait for: tick its owner now.
+    memo.controller.notice(namespace or "default", labels[s.LABEL_NAME], gone=False)

@@ -1,0 +1,242 @@
+"""A tiny simulated world for engine tests: specs, a fake cluster, a tick driver.
+
+The fake cluster applies the engine's actions the way Kubernetes would settle
+them: a Deployment scaled to N has N ready pods on the next look, unless the test
+marks its revision broken (pods never ready, with a reason); the router verifies
+every weight it is given unless told not to. Time only moves when a test says so.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from modeldeploy.analysis import AnalysisFailure, AnalysisReport, Breach
+from modeldeploy.engine import (
+    Action,
+    Decision,
+    DeleteDeployment,
+    DeploymentObservation,
+    EmitEvent,
+    EnsureDeployment,
+    Observation,
+    ScaleDeployment,
+    SetTrafficWeight,
+    reconcile,
+    revision_of,
+)
+from modeldeploy.spec import (
+    ControlRequest,
+    MetricStatus,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    Verdict,
+)
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+NAME = "song-analyzer"
+PROMETHEUS = {"prometheus": {"address": "http://prometheus:9090"}}
+
+
+def spec_of(
+    image: str = "v1",
+    *,
+    replicas: int = 4,
+    steps: list[dict[str, Any]] | None = None,
+    analysis: bool = False,
+    gpu: bool = False,
+    config: dict[str, str] | None = None,
+    **extra: Any,
+) -> ModelDeploymentSpec:
+    """A spec; ``image`` names what runs, so two images are two revisions."""
+    container: dict[str, Any] = {"name": "app", "image": f"modeldeploy/song-analyzer:{image}"}
+    if gpu:
+        container["resources"] = {"limits": {"nvidia.com/gpu": 1}}
+    body: dict[str, Any] = {
+        "replicas": replicas,
+        "template": {"spec": {"containers": [container]}},
+        "strategy": {
+            "canary": {
+                "steps": steps
+                if steps is not None
+                else [{"setWeight": 10}, {"pause": {"duration": "1m"}}, {"setWeight": 100}]
+            }
+        },
+        "rollback": {"automatic": True, "bakeTime": "0s"},
+    }
+    if analysis:
+        body["analysis"] = {"provider": PROMETHEUS, "presets": ["success-rate"]}
+    if config is not None:
+        body["config"] = config
+    for key, value in extra.items():
+        if key == "rollback":  # merged, so a test can change one rollback setting
+            body[key] = {**body[key], **value}
+        else:
+            body[key] = value
+    return ModelDeploymentSpec.model_validate(body)
+
+
+def report(
+    spec: ModelDeploymentSpec,
+    at: datetime,
+    *,
+    passes: int = 0,
+    verdict: Verdict = Verdict.PASS,
+    breach: bool = False,
+    failed: bool = False,
+    inconclusive: bool = False,
+) -> AnalysisReport:
+    """An analysis report about the spec's revision, as issue 5's evaluation makes them."""
+    revision = revision_of(spec)
+    metric = MetricStatus(
+        name="success-rate",
+        value=0.99 if verdict == Verdict.PASS else 0.5,
+        threshold="min 0.95",
+        verdict=verdict,
+        time=at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        consecutive_passes=passes,
+    )
+    return AnalysisReport(
+        revision=revision,
+        measured_at=at,
+        verdict=verdict,
+        consecutive_passes=passes,
+        metrics=(metric,),
+        breach=Breach("success-rate", 0.5, "min 0.85", revision) if breach else None,
+        failed=AnalysisFailure("success-rate", "0.5 (min 0.95); failed 3 times in a row")
+        if failed
+        else None,
+        inconclusive_exceeded=AnalysisFailure("success-rate", "no data 4 times in a row")
+        if inconclusive
+        else None,
+    )
+
+
+@dataclass
+class FakeCluster:
+    """Deployments by revision, as the kube adapter would report them after applying."""
+
+    deployments: dict[str, DeploymentObservation] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)
+    weight: int | None = None
+    router_verifies: bool = True
+
+    def apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, EnsureDeployment):
+                self._scale(action.revision, action.track, action.replicas)
+            elif isinstance(action, ScaleDeployment):
+                old = self.deployments.get(action.revision)
+                self._scale(action.revision, old.track if old else "stable", action.replicas)
+            elif isinstance(action, DeleteDeployment):
+                self.deployments.pop(action.revision, None)
+            elif isinstance(action, SetTrafficWeight) and self.router_verifies:
+                self.weight = action.weight
+
+    def _scale(self, revision: str, track: str, replicas: int) -> None:
+        reason = self.broken.get(revision)
+        ready = 0 if reason else replicas
+        self.deployments[revision] = DeploymentObservation(
+            revision=revision,
+            track=track,
+            desired_replicas=replicas,
+            ready_replicas=ready,
+            updated_replicas=replicas,
+            available_replicas=ready,
+            not_ready_reason=reason,
+        )
+
+    def observe(
+        self, now: datetime, generation: int, analysis: AnalysisReport | None
+    ) -> Observation:
+        return Observation(
+            now=now,
+            generation=generation,
+            deployments=dict(self.deployments),
+            router_weight=self.weight,
+            analysis=analysis,
+        )
+
+
+@dataclass
+class World:
+    """The engine driven tick by tick against a fake cluster."""
+
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus = field(default_factory=ModelDeploymentStatus)
+    cluster: FakeCluster = field(default_factory=FakeCluster)
+    now: datetime = T0
+    generation: int = 1
+    events: list[EmitEvent] = field(default_factory=list)
+    last: Decision | None = None
+
+    def tick(
+        self,
+        after: timedelta = timedelta(seconds=10),
+        *,
+        control: str | None = None,
+        analysis: AnalysisReport | None = None,
+    ) -> Decision:
+        self.now += after
+        if control is not None:
+            self.status.control = ControlRequest.model_validate(
+                {"action": control, "requestedAt": "2026-01-01T12:00:00Z"}
+            )
+        observation = self.cluster.observe(self.now, self.generation, analysis)
+        decision = reconcile(self.spec, self.status, observation, NAME)
+        self.cluster.apply(decision.actions)
+        self.status = decision.status
+        self.events += [a for a in decision.actions if isinstance(a, EmitEvent)]
+        self.last = decision
+        return decision
+
+    def ticks(self, count: int, after: timedelta = timedelta(seconds=10)) -> Decision:
+        decision = self.tick(after)
+        for _ in range(count - 1):
+            decision = self.tick(after)
+        return decision
+
+    def change(self, spec: ModelDeploymentSpec) -> None:
+        self.spec = spec
+        self.generation += 1
+
+    def history_steps(self) -> list[str]:
+        return list(self.status.history[0].steps) if self.status.history else []
+
+    def condition(self, type_: str) -> tuple[str, str]:
+        found = next(c for c in self.status.conditions if c.type == type_)
+        return found.status, found.reason
+
+    def copy(self) -> World:
+        return copy.deepcopy(self)
+
+
+def deployed(spec: ModelDeploymentSpec) -> World:
+    """A world where ``spec`` was deployed and is stable (Succeeded)."""
+    world = World(spec)
+    world.ticks(2)
+    assert world.status.stable_revision == revision_of(spec), world.status.message
+    return world
+
+
+def rolling(old: ModelDeploymentSpec, new: ModelDeploymentSpec) -> World:
+    """``old`` stable, then ``new`` applied (not yet reconciled)."""
+    world = deployed(old)
+    world.change(new)
+    return world
+
+
+def replicas_of(decision: Decision) -> dict[str, int]:
+    """Desired replicas per revision in a decision."""
+    out: dict[str, int] = {}
+    for action in decision.actions:
+        if isinstance(action, EnsureDeployment | ScaleDeployment):
+            out[action.revision] = action.replicas
+    return out
+
+
+def weight_of(decision: Decision) -> int | None:
+    weights = [a.weight for a in decision.actions if isinstance(a, SetTrafficWeight)]
+    return weights[-1] if weights else None
