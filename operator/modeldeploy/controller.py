@@ -223,9 +223,7 @@ class RolloutController:
         await self._apply(md, decision.actions)
         new_status = status_dict(decision.status)
         if new_status != (body.get("status") or {}):
-            written = await self._kube.write_status(
-                namespace, name, new_status, body["metadata"]["resourceVersion"]
-            )
+            written = await self._kube.write_status(body, new_status)
             if not written:
                 return 0.2  # someone wrote in between: decide again on fresh state
         record_outcomes(namespace, name, status, decision.status)
@@ -248,11 +246,7 @@ class RolloutController:
         old_status = body.get("status") or {}
         if json.dumps(new_status, sort_keys=True) == json.dumps(old_status, sort_keys=True):
             return  # already reported for this generation: no event storm
-        meta = body["metadata"]
-        written = await self._kube.write_status(
-            meta["namespace"], meta["name"], new_status, meta["resourceVersion"]
-        )
-        if written:
+        if await self._kube.write_status(body, new_status):
             await self._kube.emit_event(body, "Warning", "InvalidSpec", "; ".join(errors))
 
     async def _apply(self, md: s.ModelDeployment, actions: list[engine.Action]) -> None:

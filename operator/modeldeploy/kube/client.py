@@ -74,19 +74,20 @@ class KubeClient:
             raise
         return body
 
-    async def write_status(
-        self, namespace: str, name: str, status: Manifest, resource_version: str
-    ) -> bool:
-        """Replace status in one write, guarded by resourceVersion. False on a conflict.
+    async def write_status(self, body: Manifest, status: Manifest) -> bool:
+        """Replace the whole status in one write, guarded by resourceVersion. False on a conflict.
 
-        A conflict means someone (a user's `modeldeploy promote`, or another tick)
-        wrote in between: the caller drops this tick's decision and decides again.
+        A replace (PUT on /status), not a merge patch: a field the engine cleared (say
+        canaryRevision after a promotion) must disappear, which a merge patch would only
+        do with explicit nulls. A conflict means someone (a user's `modeldeploy
+        promote`, or another tick) wrote in between: the caller decides again.
         """
-        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        meta = body["metadata"]
+        updated = {**body, "status": status}
         try:
             await self._call(
-                self._custom.patch_namespaced_custom_object_status,
-                s.GROUP, s.VERSION, namespace, s.PLURAL, name, body,
+                self._custom.replace_namespaced_custom_object_status,
+                s.GROUP, s.VERSION, meta["namespace"], s.PLURAL, meta["name"], updated,
             )
         except ApiException as error:
             if error.status == 409:

@@ -1,0 +1,368 @@
+"""The sandbox's data plane: a local HTTP port per Service and per HTTPRoute.
+
+Services: each Service gets its own port on 127.0.0.1, published the way a
+LoadBalancer publishes its address, so kubectl, tests and the demo find it without
+knowing the sandbox::
+
+    status.loadBalancer.ingress[0] = {"ip": "127.0.0.1", "ports": [{"port": N, "protocol": "TCP"}]}
+
+Requests are spread over the READY, not terminating pods the Service's selector
+matches, in strict round-robin (pods ordered by name), so over any run of requests the
+share of each Deployment equals its share of ready replicas, to within one request per
+pod. The pod's port is its ``sandbox.modeldeploy.io/port`` annotation (the sandbox
+gives every container one port, so ``targetPort`` needs no mapping); a Service's
+several ports all lead to it.
+
+HTTPRoutes (gateway.networking.k8s.io/v1): each gets its own port, published as the
+annotation ``sandbox.modeldeploy.io/url`` (``http://127.0.0.1:N``), and a status
+``parents`` entry (Accepted, ResolvedRefs) as a Gateway controller writes. The first
+rule whose ``matches`` accept the path (PathPrefix, the default ``/``, or Exact) is
+used; its backendRefs are chosen by smooth weighted round-robin (nginx's), so the
+split follows the weights exactly, again to within one request per backend; inside a
+backend, the Service's round-robin applies. A backend weight of 0 gets nothing.
+
+Answers: 503 when no pod is ready (or a chosen backend has none, as Envoy's "no
+healthy upstream"), 500 for a backendRef naming no Service, 502 when the pod refuses
+the connection, 504 after 10 minutes (model services are slow). Every proxied answer
+carries ``X-Sandbox-Pod: <namespace>/<pod>``, like Envoy's ``x-envoy-upstream-host``.
+Responses are streamed, so server-sent events pass through as they come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from mdsandbox.controllers import is_terminating, now_iso, pod_is_ready
+from mdsandbox.kubeclient import ApiError, Informer, KubeClient
+from mdsandbox.kubelet import PORT_ANNOTATION
+
+log = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+URL_ANNOTATION = "sandbox.modeldeploy.io/url"
+CONTROLLER_NAME = "sandbox.modeldeploy.io/gateway"
+HTTPROUTES = "/apis/gateway.networking.k8s.io/v1/httproutes"
+POD_HEADER = "X-Sandbox-Pod"
+HOP_BY_HOP = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+    "transfer-encoding", "upgrade", "host", "content-length",
+}
+UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=600, connect=5)
+
+
+def selector_matches(selector: dict[str, str] | None, labels: dict[str, str]) -> bool:
+    if not selector:
+        return False  # a Service without a selector has no endpoints the sandbox manages
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def path_matches(rule: JSON, path: str) -> bool:
+    matches = rule.get("matches") or [{"path": {"type": "PathPrefix", "value": "/"}}]
+    for match in matches:
+        spec = match.get("path") or {"type": "PathPrefix", "value": "/"}
+        value = spec.get("value", "/")
+        if spec.get("type", "PathPrefix") == "Exact":
+            if path == value:
+                return True
+        elif value == "/" or path == value or path.startswith(value.rstrip("/") + "/"):
+            return True
+    return False
+
+
+class SmoothWeighted:
+    """nginx's smooth weighted round-robin: exact proportions, evenly interleaved."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, int] = {}
+
+    def pick(self, weights: dict[str, int]) -> str | None:
+        positive = {k: w for k, w in weights.items() if w > 0}
+        if not positive:
+            return None
+        total = sum(positive.values())
+        for key, weight in positive.items():
+            self.current[key] = self.current.get(key, 0) + weight
+        chosen = max(positive, key=lambda k: (self.current[k], k))
+        self.current[chosen] -= total
+        return chosen
+
+
+@dataclass
+class Listener:
+    """One local port and its aiohttp server."""
+
+    port: int
+    runner: web.AppRunner
+    uid: str
+    counters: dict[str, itertools.count[int]] = field(default_factory=dict)
+    weighted: dict[int, SmoothWeighted] = field(default_factory=dict)
+
+
+class DataPlane:
+    """Keeps a listener per Service and HTTPRoute and proxies requests to ready pods."""
+
+    def __init__(self, api_url: str) -> None:
+        self.client = KubeClient(api_url)
+        self._wake = asyncio.Event()
+        self.services = Informer(self.client, "/api/v1/services", self._wake.set, name="services")
+        self.pods = Informer(self.client, "/api/v1/pods", self._wake.set, name="dataplane pods")
+        self.routes = Informer(self.client, HTTPROUTES, self._wake.set, name="httproutes")
+        self.service_listeners: dict[tuple[str, str], Listener] = {}
+        self.route_listeners: dict[tuple[str, str], Listener] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._round_robin: dict[tuple[str, str], itertools.count[int]] = {}
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=UPSTREAM_TIMEOUT,
+            auto_decompress=False,
+            connector=aiohttp.TCPConnector(limit=0),
+        )
+        for informer in (self.services, self.pods, self.routes):
+            informer.start()
+        self._task = asyncio.create_task(self._loop(), name="dataplane")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for informer in (self.services, self.pods, self.routes):
+            await informer.stop()
+        for listener in [*self.service_listeners.values(), *self.route_listeners.values()]:
+            await listener.runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        await self.client.close()
+
+    async def _loop(self) -> None:
+        await self.services.synced.wait()
+        await self.pods.synced.wait()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=2.0)
+            self._wake.clear()
+            try:
+                await self._sync(self.services, self.service_listeners, self._handle_service)
+                await self._sync(self.routes, self.route_listeners, self._handle_route)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("data plane sync failed")
+                await asyncio.sleep(0.5)
+
+    async def _sync(
+        self,
+        informer: Informer,
+        listeners: dict[tuple[str, str], Listener],
+        handler: Any,
+    ) -> None:
+        wanted = {
+            key: obj for key, obj in informer.objects.items() if not is_terminating(obj)
+        }
+        for key, listener in list(listeners.items()):
+            obj = wanted.get(key)
+            if obj is None or obj["metadata"].get("uid") != listener.uid:
+                del listeners[key]
+                await listener.runner.cleanup()
+        for key, obj in wanted.items():
+            listener = listeners.get(key) or await self._listen(key, obj, handler)
+            listeners[key] = listener
+            try:
+                if informer is self.services:
+                    await self._publish_service(obj, listener.port)
+                else:
+                    await self._publish_route(obj, listener.port)
+            except ApiError as err:
+                log.warning("publishing %s/%s: %s", key[0], key[1], err)
+
+    async def _listen(self, key: tuple[str, str], obj: JSON, handler: Any) -> Listener:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await handler(key, request)  # type: ignore[no-any-return]
+
+        app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+        site = web.SockSite(runner, sock)
+        await site.start()
+        return Listener(port=port, runner=runner, uid=obj["metadata"]["uid"])
+
+    async def _publish_service(self, service: JSON, port: int) -> None:
+        wanted = {"ingress": [{"ip": "127.0.0.1", "ports": [{"port": port, "protocol": "TCP"}]}]}
+        if (service.get("status") or {}).get("loadBalancer") == wanted:
+            return
+        meta = service["metadata"]
+        updated = await self.client.merge_patch(
+            f"/api/v1/namespaces/{meta['namespace']}/services/{meta['name']}/status",
+            {"status": {"loadBalancer": wanted}},
+        )
+        self.services.remember(updated)
+
+    async def _publish_route(self, route: JSON, port: int) -> None:
+        meta = route["metadata"]
+        group_version = HTTPROUTES.removesuffix("/httproutes")
+        path = f"{group_version}/namespaces/{meta['namespace']}/httproutes/{meta['name']}"
+        url = f"http://127.0.0.1:{port}"
+        if (meta.get("annotations") or {}).get(URL_ANNOTATION) != url:
+            updated = await self.client.merge_patch(
+                path, {"metadata": {"annotations": {URL_ANNOTATION: url}}}
+            )
+            self.routes.remember(updated)
+            route = updated or route
+        parents = [
+            {
+                "parentRef": ref,
+                "controllerName": CONTROLLER_NAME,
+                "conditions": [
+                    route_condition(route, "Accepted", "Accepted"),
+                    route_condition(route, "ResolvedRefs", "ResolvedRefs"),
+                ],
+            }
+            for ref in (route.get("spec", {}).get("parentRefs") or [{"name": "sandbox"}])
+        ]
+        current = (route.get("status") or {}).get("parents")
+        if current is not None and strip_times(current) == strip_times(parents):
+            return
+        with contextlib.suppress(ApiError):  # a CRD without the status subresource
+            updated = await self.client.merge_patch(path + "/status", {"status": {"parents": parents}})
+            self.routes.remember(updated)
+
+    # -- proxying ----------------------------------------------------------------------
+
+    def ready_pods(self, namespace: str, selector: dict[str, str] | None) -> list[JSON]:
+        pods = [
+            pod
+            for pod in self.pods.values()
+            if pod["metadata"].get("namespace") == namespace
+            and not is_terminating(pod)
+            and pod_is_ready(pod)
+            and PORT_ANNOTATION in (pod["metadata"].get("annotations") or {})
+            and selector_matches(selector, pod["metadata"].get("labels") or {})
+        ]
+        return sorted(pods, key=lambda p: p["metadata"]["name"])
+
+    def pick_pod(self, namespace: str, service_name: str) -> JSON | None:
+        service = self.services.get(namespace, service_name)
+        if service is None:
+            return None
+        pods = self.ready_pods(namespace, (service.get("spec") or {}).get("selector"))
+        if not pods:
+            return None
+        counter = self._round_robin.setdefault((namespace, service_name), itertools.count())
+        return pods[next(counter) % len(pods)]
+
+    async def _handle_service(self, key: tuple[str, str], request: web.Request) -> web.StreamResponse:
+        pod = self.pick_pod(*key)
+        if pod is None:
+            return error_response(503, f"no ready pods behind Service {key[0]}/{key[1]}")
+        return await self._proxy(request, pod)
+
+    async def _handle_route(self, key: tuple[str, str], request: web.Request) -> web.StreamResponse:
+        route = self.routes.get(*key)
+        listener = self.route_listeners.get(key)
+        if route is None or listener is None:
+            return error_response(404, f"HTTPRoute {key[0]}/{key[1]} is gone")
+        rules = route.get("spec", {}).get("rules") or []
+        for index, rule in enumerate(rules):
+            if not path_matches(rule, request.path):
+                continue
+            backends = rule.get("backendRefs") or []
+            weights = {
+                f"{ref.get('namespace', key[0])}/{ref.get('name')}": int(ref.get("weight", 1))
+                for ref in backends
+            }
+            chooser = listener.weighted.setdefault(index, SmoothWeighted())
+            chosen = chooser.pick(weights)
+            if chosen is None:
+                return error_response(500, "no backend with a positive weight")
+            namespace, name = chosen.split("/", 1)
+            if self.services.get(namespace, name) is None:
+                return error_response(500, f"backendRef Service {chosen} does not exist")
+            pod = self.pick_pod(namespace, name)
+            if pod is None:
+                return error_response(503, f"no healthy upstream: no ready pods behind {chosen}")
+            return await self._proxy(request, pod)
+        return error_response(404, "no HTTPRoute rule matches this path")
+
+    async def _proxy(self, request: web.Request, pod: JSON) -> web.StreamResponse:
+        assert self._session is not None
+        meta = pod["metadata"]
+        port = meta["annotations"][PORT_ANNOTATION]
+        url = f"http://127.0.0.1:{port}{request.rel_url}"
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        body = await request.read()
+        pod_id = f"{meta['namespace']}/{meta['name']}"
+        response: web.StreamResponse | None = None
+        try:
+            async with self._session.request(
+                request.method, url, headers=headers, data=body or None, allow_redirects=False
+            ) as upstream:
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+                for name, value in upstream.headers.items():
+                    if name.lower() not in HOP_BY_HOP:
+                        response.headers.add(name, value)
+                response.headers[POD_HEADER] = pod_id
+                if upstream.content_length is not None:
+                    response.content_length = upstream.content_length
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as err:
+            if response is not None and response.prepared:
+                # The answer has begun: all that is left is to cut it short, as a proxy does.
+                log.info("upstream pod %s broke off its answer: %s", pod_id, err)
+                raise
+            if isinstance(err, TimeoutError):
+                return error_response(504, f"upstream pod {pod_id} timed out", pod_id)
+            return error_response(502, f"upstream pod {pod_id} failed: {err}", pod_id)
+
+
+def error_response(status: int, message: str, pod_id: str | None = None) -> web.Response:
+    response = web.json_response(
+        {"error": {"message": message, "type": "sandbox_dataplane", "code": status}}, status=status
+    )
+    if pod_id:
+        response.headers[POD_HEADER] = pod_id
+    return response
+
+
+def route_condition(route: JSON, kind: str, reason: str) -> JSON:
+    return {
+        "type": kind,
+        "status": "True",
+        "reason": reason,
+        "message": "routed by the sandbox data plane",
+        "observedGeneration": route["metadata"].get("generation", 1),
+        "lastTransitionTime": now_iso(),
+    }
+
+
+def strip_times(parents: list[JSON]) -> list[JSON]:
+    return [
+        {
+            **parent,
+            "conditions": [
+                {k: v for k, v in c.items() if k != "lastTransitionTime"}
+                for c in parent.get("conditions", [])
+            ],
+        }
+        for parent in parents
+    ]

@@ -1,0 +1,96 @@
+"""The operator as a real process against the sandbox, and the real kubectl and CLI.
+
+``OperatorProcess`` runs ``modeldeploy-operator`` (the console script users run) with the
+sandbox's kubeconfig, exactly as on a cluster; ``kill()`` SIGKILLs it (no clean-up at
+all) and ``start()`` brings a fresh one up, for restart-safety tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mdsandbox.testing import wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, log_dir: Path, tick_seconds: float = 1.0) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_dir = log_dir
+        self.tick_seconds = tick_seconds
+        self.metrics_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"operator-{self.starts}.log"
+
+    def start(self) -> None:
+        self.starts += 1
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "MODELDEPLOY_TICK_SECONDS": str(self.tick_seconds),
+            "MODELDEPLOY_METRICS_PORT": str(self.metrics_port),
+        }
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [str(BIN / "modeldeploy-operator"), "--standalone"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        wait_until(
+            lambda: "Activity 'configure' succeeded" in self.log_path.read_text(errors="replace")
+            or self._died(),
+            timeout=60, what="the operator to start",
+        )
+        assert not self._died(), f"operator exited at start:\n{self.log_tail()}"
+
+    def _died(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def kill(self) -> None:
+        """SIGKILL: the operator gets no chance to tidy up, as when a node dies."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def run(args: list[str], kubeconfig: Path, check: bool = True, stdin: str | None = None) -> str:
+    """Run a real command-line tool (kubectl, modeldeploy) against the sandbox."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    done = subprocess.run(args, env=env, input=stdin, capture_output=True, text=True, timeout=60)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done.stdout + done.stderr
+
+
+def kubectl_apply(manifest: dict[str, Any], kubeconfig: Path) -> str:
+    return run(["kubectl", "apply", "-f", "-"], kubeconfig, stdin=yaml.safe_dump(manifest))

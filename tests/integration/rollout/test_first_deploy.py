@@ -1,0 +1,48 @@
+"""A first deployment goes straight to 100%: nothing to compare a canary against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mdsandbox.sandbox import Sandbox
+from mdsandbox.testing import KubeAPI, wait_until
+from operator_process import OperatorProcess, kubectl_apply
+
+pytestmark = pytest.mark.integration
+
+
+def model_deployment(name: str, namespace: str, mark: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": 2,
+            "template": {"spec": {"containers": [{
+                "name": "app", "image": "modeldeploy/fake-upstream:v1",
+                "env": [{"name": "MARK", "value": mark}],
+                "readinessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 1},
+            }]}},
+            "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]}},
+        },
+    }
+
+
+def test_first_deployment_is_promoted_without_steps(
+    sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess
+) -> None:
+    kubectl_apply(model_deployment("first", namespace, "1"), Path(sandbox.kubeconfig))
+
+    def succeeded() -> dict[str, Any] | None:
+        response = kube.http.get(
+            f"/apis/modeldeploy.io/v1alpha1/namespaces/{namespace}/modeldeployments/first"
+        )
+        status: dict[str, Any] = response.json().get("status") or {}
+        return status if status.get("phase") == "Succeeded" else None
+
+    status = wait_until(succeeded, timeout=60, what="the first deployment to succeed")
+    assert status["history"][0]["reason"] == "first deployment"
+    deployment = kube.get("Deployment", namespace, f"first-{status['stableRevision']}")
+    assert deployment is not None and deployment["status"]["readyReplicas"] == 2
