@@ -23,6 +23,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client import ApiException
 
+from modeldeploy import engine
 from modeldeploy import spec as s
 
 Manifest = dict[str, Any]
@@ -74,15 +75,6 @@ def table(rows: Sequence[Sequence[str]], indent: str = "") -> str:
     return "\n".join(lines)
 
 
-def _step_label(step: s.CanaryStep) -> str:
-    if step.set_weight is not None:
-        return f"setWeight {step.set_weight}"
-    if step.pause is not None:
-        return f"pause {step.pause.duration}" if step.pause.duration else "pause (until promote)"
-    assert step.analysis is not None
-    return f"analysis ({step.analysis.measurements} passes)"
-
-
 def _deployment_counts(deployments: list[Manifest], revision: str | None) -> str:
     if not revision:
         return ""
@@ -111,15 +103,17 @@ def render_status(
         spec = s.ModelDeploymentSpec.model_validate(body.get("spec") or {})
     except Exception:  # an invalid spec is shown through its condition below
         spec = None
-    if spec is not None and spec.strategy.canary is not None:
-        steps = spec.strategy.canary.steps
-        current = status.current_step
-        lines.append(f"Strategy:   canary, step {min((current or 0) + 1, len(steps))}/{len(steps)}")
+    if spec is not None:
+        # The engine's own step list (the spec's steps plus the implied full 100%), so the
+        # numbers match status.currentStep and the operator's messages.
+        steps = engine.steps_of(spec)
+        kind = "canary" if spec.strategy.canary is not None else "blue-green"
+        current = status.current_step if status.canary_revision else None
+        where = f"step {current + 1}/{len(steps)}" if current is not None else "no rollout in progress"
+        lines.append(f"Strategy:   {kind}, {where}")
         for i, step in enumerate(steps):
             marker = "->" if current == i else "  "
-            lines.append(f"  {marker} {i + 1}. {_step_label(step)}")
-    elif spec is not None:
-        lines.append("Strategy:   blue-green")
+            lines.append(f"  {marker} {i + 1}. {step.describe()}")
     weight = status.canary_weight or 0
     lines += [
         f"Weight:     canary {weight}% / stable {100 - weight}%",
