@@ -90,7 +90,9 @@ async def supervise(config: SupervisorConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    server = APIServer(host="127.0.0.1", port=0, audit_log=workdir / "audit.log")
+    server = APIServer(
+        host="127.0.0.1", port=0, audit_log=workdir / "audit.log", pod_log_dir=workdir / "logs" / "pods"
+    )
     parts: list[ControllerManager | Kubelet | DataPlane | Prometheus] = []
     fake: asyncio.subprocess.Process | None = None
     exit_code = 0

@@ -17,8 +17,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=6443, help="0 picks a free port")
     parser.add_argument("--audit-log", type=Path, help="append one JSON line per request here")
     parser.add_argument("--kubeconfig", type=Path, help="write a kubeconfig for it here")
+    parser.add_argument("--pod-log-dir", type=Path,
+                        help="where the kubelet writes <ns>_<pod>_<container>.log (kubectl logs)")
     args = parser.parse_args(argv)
-    server = APIServer(host=args.host, port=args.port, audit_log=args.audit_log)
+    server = APIServer(host=args.host, port=args.port, audit_log=args.audit_log,
+                       pod_log_dir=args.pod_log_dir)
     server.start()
     if args.kubeconfig:
         write_kubeconfig(args.kubeconfig, server.url)

@@ -135,7 +135,7 @@ class Cluster:
 
     # -- checks ---------------------------------------------------------------------------
 
-    def _check_namespace(self, rt: ResourceType, namespace: str | None, creating: bool) -> None:
+    def check_namespace(self, rt: ResourceType, namespace: str | None, creating: bool) -> None:
         if not rt.namespaced:
             return
         if not namespace:
@@ -324,7 +324,7 @@ class Cluster:
     def create(self, rt: ResourceType, namespace: str | None, body: Any, *,
                dry_run: bool = False, field_validation: str = "Warn") -> WriteResult:
         obj = self._check_body(rt, copy.deepcopy(body), namespace, None)
-        self._check_namespace(rt, namespace, creating=True)
+        self.check_namespace(rt, namespace, creating=True)
         metadata = obj["metadata"]
         if not metadata.get("name"):
             if metadata.get("generateName"):
@@ -368,7 +368,7 @@ class Cluster:
 
     def get(self, rt: ResourceType, namespace: str | None, name: str) -> dict[str, Any]:
         if rt.namespaced:
-            self._check_namespace(rt, namespace, creating=False)
+            self.check_namespace(rt, namespace, creating=False)
         obj = self.store.get(rt.store_key, namespace or "", name)
         if obj is None:
             raise not_found(rt.group, rt.plural, name)

@@ -91,6 +91,9 @@ class ResourceType:
                     "verbs": list(SUBRESOURCE_VERBS),
                 }
             )
+        if (self.group, self.plural) == ("", "pods"):
+            entries.append({"name": "pods/log", "singularName": "", "namespaced": True,
+                            "kind": "Pod", "verbs": ["get"]})
         if self.scale is not None:
             entries.append(
                 {

@@ -23,7 +23,7 @@ from typing import IO, Any
 import yaml
 from aiohttp import web
 
-from . import openapi, protobuf, tables
+from . import openapi, podlogs, protobuf, tables
 from .cluster import APPLY_PATCH, Cluster
 from .errors import APIError, bad_request, method_not_allowed
 from .resources import ResourceType
@@ -97,9 +97,11 @@ def _error(err: APIError) -> web.Response:
 
 
 class _Handlers:
-    def __init__(self, cluster: Cluster, audit: IO[str] | None) -> None:
+    def __init__(self, cluster: Cluster, audit: IO[str] | None,
+                 pod_log_dir: Path | None = None) -> None:
         self.cluster = cluster
         self.audit = audit
+        self.pod_log_dir = pod_log_dir
 
     # -- middleware: errors and the audit log ---------------------------------------------
 
@@ -159,6 +161,18 @@ class _Handlers:
         query = dict(request.query)
         info.verb = self._verb(request.method, info, query)
         request[INFO_KEY] = info
+        if info.subresource == "log" and rt.group == "" and rt.plural == "pods" and \
+                request.method == "GET" and info.name:
+            info.verb = "get"
+            pod = self.cluster.get(rt, info.namespace, info.name)
+            uid = pod["metadata"]["uid"]
+
+            def still_exists() -> bool:
+                current = self.cluster.store.get(rt.store_key, info.namespace or "",
+                                                 str(info.name))
+                return current is not None and current["metadata"]["uid"] == uid
+
+            return await podlogs.serve(request, self.pod_log_dir, pod, still_exists)
         if info.subresource and not (
             (info.subresource == "status" and rt.status_subresource)
             or (info.subresource == "scale" and rt.scale is not None)
@@ -178,7 +192,7 @@ class _Handlers:
         include = query.get("includeObject", "Metadata")
         if info.verb == "list":
             if rt.namespaced and namespace is not None:
-                self.cluster._check_namespace(rt, namespace, creating=False)
+                self.cluster.check_namespace(rt, namespace, creating=False)
             listing = self.cluster.list(rt, namespace, query)
             if as_table:
                 items = [self.cluster.render(rt, i) for i in listing["items"]]
@@ -225,7 +239,7 @@ class _Handlers:
             options = await self._delete_options(request, query)
             if info.verb == "deletecollection":
                 if rt.namespaced and namespace is not None:
-                    self.cluster._check_namespace(rt, namespace, creating=False)
+                    self.cluster.check_namespace(rt, namespace, creating=False)
                 body = self.cluster.delete_collection(rt, namespace, query, options,
                                                       dry_run=dry_run)
             else:
@@ -473,8 +487,9 @@ async def _collect_garbage(cluster: Cluster, wake: asyncio.Event) -> None:
                 break
 
 
-def build_app(cluster: Cluster, audit: IO[str] | None = None) -> web.Application:
-    handlers = _Handlers(cluster, audit)
+def build_app(cluster: Cluster, audit: IO[str] | None = None,
+              pod_log_dir: Path | None = None) -> web.Application:
+    handlers = _Handlers(cluster, audit, pod_log_dir)
     app = web.Application(middlewares=[handlers.middleware], client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", handlers.handle)
 
@@ -498,14 +513,17 @@ class APIServer:
 
     ``APIServer(host, port=0)`` picks a free port; ``start()`` returns once it accepts
     connections; ``url`` is then ``http://host:port``; ``stop()`` ends open watches and
-    the thread. ``audit_log`` (a path) gets one JSON line per request.
+    the thread. ``audit_log`` (a path) gets one JSON line per request. ``pod_log_dir``
+    (optional) is where the kubelet writes ``<namespace>_<pod>_<container>.log``, which
+    ``kubectl logs`` then reads through ``pods/log``.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
-                 audit_log: Path | None = None) -> None:
+                 audit_log: Path | None = None, pod_log_dir: Path | None = None) -> None:
         self.host = host
         self.port = port
         self.audit_log = audit_log
+        self.pod_log_dir = pod_log_dir
         self.cluster = Cluster()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -550,7 +568,7 @@ class APIServer:
         loop.close()
 
     async def _start_site(self) -> None:
-        app = build_app(self.cluster, self._audit_file)
+        app = build_app(self.cluster, self._audit_file, self.pod_log_dir)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                      shutdown_timeout=1.0)
         await self._runner.setup()

@@ -53,6 +53,12 @@ SCHEMA: dict[str, Any] = {
                         }],
                     }}},
                 }}},
+                "port": {"anyOf": [{"type": "integer", "minimum": 1},
+                                   {"type": "string", "pattern": "^[a-z]+$"}],
+                         "x-kubernetes-int-or-string": True},
+                "mode": {"type": "string", "not": {"enum": ["legacy"]},
+                         "allOf": [{"minLength": 1}, {"maxLength": 6}]},
+                "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
                 "track": {"type": "string", "x-kubernetes-validations": [
                     {"rule": "self == oldSelf", "message": "track is immutable"}]},
                 "interval": {"type": "string", "pattern": "^[0-9]+(s|m)$", "default": "30s"},
@@ -138,6 +144,20 @@ CASES = [
     pytest.param(manifest(name="Ab"), [(
         "spec.name", "FieldValueInvalid", 'Invalid value: "string": name must be lowercase')],
         id="a rule may use the Kubernetes string library"),
+    pytest.param(manifest(port="http"), [], id="anyOf passes when one branch does"),
+    pytest.param(manifest(port=0), [
+        ("spec.port", "FieldValueInvalid",
+         'Invalid value: "": spec.port must validate at least one schema (anyOf)'),
+        ("spec.port", "FieldValueInvalid",
+         "Invalid value: 0: spec.port in body should be greater than or equal to 1")],
+        id="anyOf fails when no branch passes"),
+    pytest.param(manifest(mode="legacy"), [(
+        "spec.mode", "FieldValueInvalid",
+        'Invalid value: "": spec.mode must not validate the schema (not)')],
+        id="not refuses what its schema accepts"),
+    pytest.param(manifest(mode="toolong"), [(
+        "spec.mode", "FieldValueTooLong", "Too long: may not be longer than 6")],
+        id="allOf applies every branch"),
     pytest.param(manifest(interval="often"), [(
         "spec.interval", "FieldValueInvalid",
         "Invalid value: \"often\": spec.interval in body should match '^[0-9]+(s|m)$'")],
@@ -162,10 +182,12 @@ def test_a_transition_rule_compares_with_the_old_object() -> None:
 
 
 def test_defaults_fill_missing_fields_and_pruning_drops_undeclared_ones() -> None:
-    pruned, dropped = prune(SCHEMA, manifest(colour="red", labels={"a": "b"}))
+    pruned, dropped = prune(SCHEMA, manifest(colour="red", labels={"a": "b"},
+                                             extra={"anything": {"goes": 1}}))
     assert dropped == ["spec.colour"]
-    assert apply_defaults(SCHEMA, pruned)["spec"] == {"replicas": 1, "labels": {"a": "b"},
-                                                      "interval": "30s"}
+    assert apply_defaults(SCHEMA, pruned)["spec"] == {
+        "replicas": 1, "labels": {"a": "b"}, "extra": {"anything": {"goes": 1}},
+        "interval": "30s"}
 
 
 def test_validate_manifest_reports_unknown_fields_then_schema_causes() -> None:

