@@ -25,6 +25,8 @@ import datetime as dt
 import json
 import logging
 import os
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +53,11 @@ class OperatorConfig:
     peering_name: str | None = None
     peering_priority: int = 0
     metrics_port: int | None = 9090
+    leader_election: bool = False
+    lease_name: str = "modeldeploy-operator"
+    lease_namespace: str = "default"
+    lease_seconds: int = 15
+    identity: str = ""
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -62,6 +69,12 @@ class OperatorConfig:
             # "off" disables the endpoint (e.g. several operators in one test process).
             metrics_port=None if os.environ.get("MODELDEPLOY_METRICS_PORT") == "off"
             else int(os.environ.get("MODELDEPLOY_METRICS_PORT", "9090")),
+            leader_election=os.environ.get("MODELDEPLOY_LEADER_ELECTION", "").lower() == "true",
+            lease_name=os.environ.get("MODELDEPLOY_LEASE_NAME", "modeldeploy-operator"),
+            # The chart sets POD_NAMESPACE / POD_NAME from the downward API.
+            lease_namespace=os.environ.get("POD_NAMESPACE", "default"),
+            lease_seconds=int(os.environ.get("MODELDEPLOY_LEASE_SECONDS", "15")),
+            identity=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
         )
 
 
@@ -130,9 +143,14 @@ def status_dict(status: s.ModelDeploymentStatus) -> Manifest:
 
 class RolloutController:
     def __init__(
-        self, kube: KubeClient, config: OperatorConfig, analysis: AnalysisRunner | None = None
+        self,
+        kube: KubeClient,
+        config: OperatorConfig,
+        analysis: AnalysisRunner | None = None,
+        is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self._kube = kube
+        self._is_leader = is_leader
         self._config = config
         self._analysis = analysis or AnalysisRunner(kube)
         self._due: dict[Key, float] = {}
@@ -162,6 +180,10 @@ class RolloutController:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if not self._is_leader():
+                # Another replica holds the Lease: keep the schedule, act on nothing.
+                await asyncio.sleep(0.5)
+                continue
             now = loop.time()
             for key, due in list(self._due.items()):
                 if due <= now and key not in self._running:

@@ -18,6 +18,7 @@ from modeldeploy import metrics
 from modeldeploy import spec as s
 from modeldeploy.controller import OperatorConfig, RolloutController
 from modeldeploy.kube.client import KubeClient, load_api_client
+from modeldeploy.kube.lease import LeaderElector
 
 
 @kopf.on.startup()
@@ -31,7 +32,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 60
     # The controller posts its own Events (one per phase change); Kopf's would be noise.
     settings.posting.enabled = False
-    # One active operator: Kopf's peering pauses lower-priority peers (not leader election).
+    # One active operator. Kopf's peering pauses lower-priority peers (not leader
+    # election); with MODELDEPLOY_LEADER_ELECTION a Lease decides instead (below).
     settings.peering.standalone = config.peering_name is None
     if config.peering_name is not None:
         settings.peering.name = config.peering_name
@@ -39,13 +41,25 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if config.metrics_port is not None:
         metrics.serve(config.metrics_port)
-    memo.controller = RolloutController(KubeClient(load_api_client()), config)
+    api_client = load_api_client()
+    memo.elector = None
+    if config.leader_election:
+        # Several replicas: one Lease decides who acts (see modeldeploy.kube.lease).
+        settings.peering.standalone = True
+        memo.elector = LeaderElector(
+            api_client, config.lease_namespace, config.lease_name, config.identity, config.lease_seconds
+        )
+        await memo.elector.start()
+    is_leader = (lambda: memo.elector.is_leader) if memo.elector else (lambda: True)
+    memo.controller = RolloutController(KubeClient(api_client), config, is_leader=is_leader)
     await memo.controller.start()
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     await memo.controller.stop()
+    if memo.elector is not None:
+        await memo.elector.stop()
 
 
 @kopf.on.event(s.GROUP, s.VERSION, s.PLURAL)

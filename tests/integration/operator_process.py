@@ -30,8 +30,17 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log_dir: Path, tick_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_dir: Path,
+        tick_seconds: float = 1.0,
+        extra_env: dict[str, str] | None = None,
+        name: str = "operator",
+    ) -> None:
         self.kubeconfig = kubeconfig
+        self.extra_env = extra_env or {}
+        self.name = name
         self.log_dir = log_dir
         self.tick_seconds = tick_seconds
         self.metrics_port = free_port()
@@ -40,7 +49,7 @@ class OperatorProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.log_dir / f"operator-{self.starts}.log"
+        return self.log_dir / f"{self.name}-{self.starts}.log"
 
     def start(self) -> None:
         self.starts += 1
@@ -49,6 +58,7 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "MODELDEPLOY_TICK_SECONDS": str(self.tick_seconds),
             "MODELDEPLOY_METRICS_PORT": str(self.metrics_port),
+            **self.extra_env,
         }
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(

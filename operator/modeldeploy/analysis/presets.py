@@ -31,10 +31,19 @@ _SUCCEEDED = _requests('outcome="success"')
 _FAILED = _requests('outcome=~"error|timeout"')
 _TIMED_OUT = _requests('outcome="timeout"')
 
+
+def _or_zero(numerator: str) -> str:
+    # A counter's series exists only once its label set was first counted: a canary that
+    # has failed nothing yet has no outcome="error" series, and a ratio over it would be
+    # no data (inconclusive) forever. So a ratio's numerator defaults to 0 while its
+    # denominator does not: "no errors" is 0, "no traffic" stays no data.
+    return f"({numerator} or vector(0))"
+
+
 BUILTIN_QUERIES: dict[str, str] = {
-    "success-rate": f"{_SUCCEEDED} / {_ANSWERED}",
-    "error-rate": f"{_FAILED} / {_ANSWERED}",
-    "timeout-rate": f"{_TIMED_OUT} / {_ANSWERED}",
+    "success-rate": f"{_or_zero(_SUCCEEDED)} / {_ANSWERED}",
+    "error-rate": f"{_or_zero(_FAILED)} / {_ANSWERED}",
+    "timeout-rate": f"{_or_zero(_TIMED_OUT)} / {_ANSWERED}",
     "latency-p95": (
         "histogram_quantile(0.95, sum by (le) "
         f"(rate(model_request_duration_seconds_bucket{{{_SEL}}}[{{{{interval}}}}])))"
@@ -48,7 +57,8 @@ BUILTIN_QUERIES: dict[str, str] = {
     ),
     "cost-per-hour": f"sum(rate(model_cost_usd_total{{{_SEL}}}[{{{{interval}}}}])) * 3600",
     "cache-hit-rate": (
-        f'sum(rate(model_cache_requests_total{{{_SEL},result="hit"}}[{{{{interval}}}}])) / '
+        _or_zero(f'sum(rate(model_cache_requests_total{{{_SEL},result="hit"}}[{{{{interval}}}}]))')
+        + " / "
         f"sum(rate(model_cache_requests_total{{{_SEL}}}[{{{{interval}}}}]))"
     ),
     # Not a preset name of its own: the chat-proxy bundle's "health = healthy" gate.

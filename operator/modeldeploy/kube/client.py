@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import importlib.metadata
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -28,15 +29,23 @@ Manifest = dict[str, Any]
 T = TypeVar("T")
 
 MERGE_PATCH = "application/merge-patch+json"
+USER_AGENT = f"modeldeploy-operator/{importlib.metadata.version('modeldeploy')}"
 
 
 def load_api_client() -> ApiClient:
-    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube)."""
+    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube).
+
+    The client introduces itself as ``modeldeploy-operator/<version>``, so API server audit
+    logs tell the operator's requests from ``kubectl modeldeploy``'s (the kubernetes client's
+    default agent, ``OpenAPI-Generator/…``); Kopf's own requests say ``kopf/<version>``.
+    """
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
-    return ApiClient()
+    client = ApiClient()
+    client.user_agent = USER_AGENT
+    return client
 
 
 def without_nulls(value: Any) -> Any:
