@@ -46,3 +46,24 @@ def test_first_deployment_is_promoted_without_steps(
     assert status["history"][0]["reason"] == "first deployment"
     deployment = kube.get("Deployment", namespace, f"first-{status['stableRevision']}")
     assert deployment is not None and deployment["status"]["readyReplicas"] == 2
+
+
+def test_deleting_a_model_deployment_removes_everything_it_owns_without_a_finalizer(
+    sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess
+) -> None:
+    kubectl_apply(model_deployment("doomed", namespace, "1"), Path(sandbox.kubeconfig))
+    path = f"/apis/modeldeploy.io/v1alpha1/namespaces/{namespace}/modeldeployments/doomed"
+    wait_until(lambda: (kube.http.get(path).json().get("status") or {}).get("phase") == "Succeeded",
+               timeout=60, what="the deployment to succeed")
+    assert not kube.http.get(path).json()["metadata"].get("finalizers")
+    selector = "modeldeploy.io/name=doomed"
+    assert kube.list("Deployment", namespace, selector) and kube.list("Service", namespace, selector)
+
+    assert kube.http.delete(path).status_code == 200
+    wait_until(
+        lambda: not kube.list("Deployment", namespace, selector)
+        and not kube.list("Service", namespace, selector)
+        and not kube.list("Pod", namespace, selector),
+        timeout=60, what="the owned Deployments, Services and pods to be garbage-collected",
+    )
+    assert kube.http.get(path).status_code == 404
