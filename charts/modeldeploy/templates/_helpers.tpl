@@ -58,37 +58,44 @@ The rules the operator needs in every namespace it watches. One block, used by b
 ClusterRole (cluster-wide mode) and each Role (namespaced mode), so the two modes cannot drift.
 */}}
 {{- define "modeldeploy.rbac.namespacedRules" -}}
-# The custom resource: read it, write its status. `patch` on the object is for Kopf's own
-# bookkeeping annotations only; the operator never writes the spec (no `update`).
+# Exactly the requests the operator makes (tests/integration/chart/test_rbac_matches_usage.py
+# compares these rules with the API server's audit log of real rollouts).
+# The custom resource: Kopf lists and watches it, each tick reads it, and the operator replaces
+# its status in one write guarded by resourceVersion. It never writes the object itself.
 - apiGroups: [modeldeploy.io]
   resources: [modeldeployments]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch]
 - apiGroups: [modeldeploy.io]
   resources: [modeldeployments/status]
-  verbs: [get, patch, update]
-# The objects a rollout owns: one Deployment per track (scaled through its scale
-# subresource), Services, a ConfigMap per revision.
+  verbs: [update]
+# One Deployment per revision: created, its labels and replicas patched (also through the
+# scale subresource), deleted once the revision is neither stable, previous nor aborted.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, update, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments/scale]
-  verbs: [get, update, patch]
+  verbs: [patch]
+# The Services traffic goes through: created, read (their selector), patched.
 - apiGroups: [""]
-  resources: [services, configmaps]
-  verbs: [get, list, watch, create, update, patch, delete]
+  resources: [services]
+  verbs: [get, create, patch]
+# One immutable ConfigMap per revision's config: created, deleted with its revision.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, delete]
 # Pod readiness of each track, and relabelling a promoted track's pods.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, patch]
-# The gateway-api traffic router creates and weights HTTPRoutes.
+  verbs: [list, patch]
+# The gateway-api traffic router creates the named HTTPRoute if missing and sets its weights.
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
-  verbs: [get, list, watch, create, update, patch]
-# Events explaining each decision (core/v1; Kopf's own event posting is turned off).
+  verbs: [get, create, patch]
+# Events explaining each decision (core/v1, a new one each time; Kopf's own posting is off).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- with .Values.rbac.analysisSecretNames }}
 # Analysis provider credentials: these Secrets only, read only.
 - apiGroups: [""]
@@ -98,25 +105,27 @@ ClusterRole (cluster-wide mode) and each Role (namespaced mode), so the two mode
   verbs: [get]
 {{- end }}
 {{- if and .Values.ha.enabled .Values.watchNamespaces }}
-# Kopf peering in namespaced mode: one KopfPeering per watched namespace.
+# Kopf peering in namespaced mode: one KopfPeering per watched namespace, watched and patched
+# with this replica's keep-alive.
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 {{- end }}
 {{- end -}}
 
-{{/* Cluster-scoped rules, only in cluster-wide mode: Kopf's discovery of namespaces and CRDs. */}}
+{{/*
+Cluster-scoped rules, only in cluster-wide mode: Kopf watches CRDs to notice resources appearing.
+(Kopf lists namespaces only when it watches some of them: the namespaced mode, which grants no
+cluster-scoped rules; there Kopf is refused both, says so once, and uses the namespaces it was given.)
+*/}}
 {{- define "modeldeploy.rbac.clusterRules" -}}
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
-- apiGroups: [""]
-  resources: [namespaces]
-  verbs: [list, watch]
 {{- if .Values.ha.enabled }}
 - apiGroups: [kopf.dev]
   resources: [clusterkopfpeerings]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 {{- end }}
 {{- end -}}
 
