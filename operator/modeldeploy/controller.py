@@ -133,8 +133,26 @@ def record_outcomes(
             continue
         metrics.ROLLOUTS.labels(namespace, name, entry.outcome).inc()
         if entry.outcome in ("RolledBack", "Aborted"):
-            reason = entry.reason.split(":", 1)[0][:60] or entry.outcome
-            metrics.ROLLBACKS.labels(namespace, name, reason).inc()
+            metrics.ROLLBACKS.labels(namespace, name, rollback_reason(after, entry.outcome)).inc()
+
+
+# The bounded `reason` label of modeldeploy_rollbacks_total, from the Degraded condition's
+# reason the revert wrote (never from free text: a value or revision in a label would make
+# a new series per rollback).
+ROLLBACK_REASONS = {
+    "RollbackIndicatorBreached": "rollback-indicator",
+    "AnalysisFailed": "failure-limit",
+    "AnalysisInconclusive": "inconclusive-limit",
+    "RolloutAborted": "abort",
+    "ProgressDeadlineExceeded": "progress-deadline",
+}
+
+
+def rollback_reason(status: s.ModelDeploymentStatus, outcome: str) -> str:
+    degraded = next((c for c in status.conditions if c.type == "Degraded"), None)
+    if degraded is not None and degraded.reason in ROLLBACK_REASONS:
+        return ROLLBACK_REASONS[degraded.reason]
+    return "abort" if outcome == "Aborted" else "other"
 
 
 def status_dict(status: s.ModelDeploymentStatus) -> Manifest:

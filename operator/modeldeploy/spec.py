@@ -254,11 +254,13 @@ class TrafficRouting(Model):
 
 
 def _default_steps() -> list[CanaryStep]:
+    # Timed pauses, not analysis steps, so a spec without `analysis` is valid as written;
+    # with `analysis`, its gates and rollback indicators run through the whole canary anyway.
     return [
         CanaryStep(set_weight=10),
-        CanaryStep(analysis=AnalysisStep()),
+        CanaryStep(pause=Pause(duration="1m")),
         CanaryStep(set_weight=50),
-        CanaryStep(analysis=AnalysisStep()),
+        CanaryStep(pause=Pause(duration="1m")),
         CanaryStep(set_weight=100),
     ]
 
@@ -270,7 +272,7 @@ class CanaryStrategy(Model):
         default_factory=_default_steps,
         min_length=1,
         max_length=50,
-        description="The steps; default 10%, analysis, 50%, analysis, 100%.",
+        description="The steps; default 10%, pause 1m, 50%, pause 1m, 100%.",
     )
     traffic_routing: TrafficRouting = Field(
         default_factory=lambda: TrafficRouting(replicas=ReplicasRouting()),

@@ -35,6 +35,10 @@ Choices where the issue and DESIGN.md are silent:
 - Analysis failed with rollback.automatic off: the rollout is held where it is
   (phase Paused, condition Degraded True reason AnalysisFailed); `modeldeploy abort`
   reverts, `promote` goes on, `resume` measures again.
+- Analysis inconclusive past its limit (with onInconclusive: pause): the rollout is held
+  (phase Paused) and analysis keeps measuring; the first conclusive round (no gate
+  inconclusive, e.g. Prometheus answers again) releases the hold by itself, and the step
+  goes on counting from that round, as Flagger resumes when metrics come back.
 - Known-good revision (history holds it as Promoted, e.g. a `git revert`): every
   pause, analysis and blue-green await step is skipped and so is the bake; each
   setWeight step still waits for readiness and a verified weight, and rollback
@@ -88,6 +92,7 @@ from modeldeploy.spec import (
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     Phase,
+    Verdict,
     parse_duration,
 )
 
@@ -406,7 +411,11 @@ class _Tick:
         if fast:
             self.skip_waits()
         source = "" if first else f" (stable: {status.stable_revision})"
-        self.event("Normal", "RolloutStarted", f"rolling out revision {revision}{source}: {reason}")
+        # entry_reason: a known-good rollout says so in its event too (its history entry's
+        # reason is replaced by the outcome when it closes).
+        self.event(
+            "Normal", "RolloutStarted", f"rolling out revision {revision}{source}: {entry_reason}"
+        )
 
     def skip_waits(self) -> None:
         """A known-good rollout passes over pause, analysis and await steps at once."""
@@ -473,6 +482,11 @@ class _Tick:
             status.analysis = list(report.metrics)
             if self.judge(report):
                 return
+            if (status.pause_cause == "inconclusive" and report.inconclusive_exceeded is None
+                    and report.verdict != Verdict.INCONCLUSIVE):
+                # Measurements are conclusive again (e.g. Prometheus is back): go on.
+                self.release()
+                self.record("analysis conclusive again: resumed")
         if status.paused_at is not None:
             return
         if not self.ready():
@@ -555,8 +569,8 @@ class _Tick:
             if analysis is not None and analysis.on_inconclusive == "rollback":
                 self.revert(Phase.ROLLED_BACK, "AnalysisInconclusive", message, "RolledBack")
                 return True
-            self.hold("inconclusive", message, "`modeldeploy resume` measures again, "
-                      "`modeldeploy promote` goes on")
+            self.hold("inconclusive", message, "resumes on its own once a round is conclusive "
+                      "again; `modeldeploy promote` goes on")
         return False
 
     def hold(self, cause: PauseCause, reason: str, advice: str) -> None:

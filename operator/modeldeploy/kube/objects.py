@@ -72,11 +72,30 @@ def preview_service_name(md: s.ModelDeployment) -> str:
     return f"{md.metadata.name}-preview"
 
 
+def quantities_as_strings(pod_spec: Manifest) -> None:
+    """Write the containers' resource quantities as strings, in place.
+
+    YAML users write ``nvidia.com/gpu: 1`` and ``cpu: 0.5``; the API server accepts
+    numbers for quantities, but the kubernetes client's typed models refuse them (a
+    quantity is a string there), so a GPU template would never be created.
+    """
+    for key in ("initContainers", "containers"):
+        for container in pod_spec.get(key) or []:
+            resources = container.get("resources") or {}
+            for bound in ("limits", "requests"):
+                quantities = resources.get(bound)
+                if isinstance(quantities, dict):
+                    for resource, value in quantities.items():
+                        if isinstance(value, int | float) and not isinstance(value, bool):
+                            quantities[resource] = str(value)
+
+
 def deployment(md: s.ModelDeployment, revision: str, track: str, replicas: int) -> Manifest:
     """The Deployment running ``revision``; ``track`` is the one it is born on."""
     name = md.metadata.name
     selector = {s.LABEL_NAME: name, s.LABEL_REVISION: revision}
     template = copy.deepcopy(md.spec.template.model_dump(by_alias=True, exclude_none=True))
+    quantities_as_strings(template["spec"])
     pod_meta = template.setdefault("metadata", {})
     pod_meta["labels"] = {
         **(pod_meta.get("labels") or {}),
