@@ -49,8 +49,8 @@ app.kubernetes.io/part-of: modeldeploy
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
-{{- define "modeldeploy.peeringName" -}}
-{{- default (include "modeldeploy.fullname" .) .Values.ha.peeringName -}}
+{{- define "modeldeploy.leaseName" -}}
+{{- default (include "modeldeploy.fullname" .) .Values.ha.leaseName -}}
 {{- end -}}
 
 {{/*
@@ -104,13 +104,6 @@ ClusterRole (cluster-wide mode) and each Role (namespaced mode), so the two mode
     {{- toYaml . | nindent 4 }}
   verbs: [get]
 {{- end }}
-{{- if and .Values.ha.enabled .Values.watchNamespaces }}
-# Kopf peering in namespaced mode: one KopfPeering per watched namespace, watched and patched
-# with this replica's keep-alive.
-- apiGroups: [kopf.dev]
-  resources: [kopfpeerings]
-  verbs: [list, watch, patch]
-{{- end }}
 {{- end -}}
 
 {{/*
@@ -122,11 +115,24 @@ cluster-scoped rules; there Kopf is refused both, says so once, and uses the nam
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
-{{- if .Values.ha.enabled }}
-- apiGroups: [kopf.dev]
-  resources: [clusterkopfpeerings]
-  verbs: [list, watch, patch]
-{{- end }}
+{{- end -}}
+
+{{/*
+HA mode's leader election (operator/modeldeploy/kube/lease.py), in the release namespace only:
+every replica reads the Lease, its holder renews it with a replace (`update`), and a replica that
+finds it missing creates it. Kubernetes cannot limit `create` by resourceNames (the name is in the
+body, not the URL), so `create` has a rule of its own and `get`/`update` reach this one Lease only.
+*/}}
+{{- define "modeldeploy.rbac.leaseRules" -}}
+# Read by every replica, renewed (replaced) by its holder: this Lease only.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  resourceNames: [{{ include "modeldeploy.leaseName" . | quote }}]
+  verbs: [get, update]
+# Created when missing; Kubernetes cannot limit `create` by resourceNames.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [create]
 {{- end -}}
 
 {{/* The PodMonitor's namespace selector: explicit, else the watched namespaces, else any. */}}

@@ -1,4 +1,4 @@
-{{/* The operator's pod template, shared by the Deployment (one replica) and the HA StatefulSet. */}}
+{{/* The operator Deployment's pod template. */}}
 {{- define "modeldeploy.podTemplate" -}}
 metadata:
   labels:
@@ -39,12 +39,8 @@ spec:
         {{- else }}
         - --all-namespaces
         {{- end }}
-        {{- if .Values.ha.enabled }}
-        - --peering={{ include "modeldeploy.peeringName" . }}
-        - --priority=$(MODELDEPLOY_PEERING_PRIORITY)
-        {{- else }}
+        # No Kopf peering in either mode: one replica, or a Lease held by one of several (env below).
         - --standalone
-        {{- end }}
         {{- with .Values.operator.extraArgs }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -62,12 +58,13 @@ spec:
         - name: MODELDEPLOY_WATCH_TIMEOUT
           value: {{ .Values.operator.watchTimeoutSeconds | quote }}
         {{- if .Values.ha.enabled }}
-        - name: MODELDEPLOY_PEERING
-          value: {{ include "modeldeploy.peeringName" . | quote }}
-        - name: MODELDEPLOY_PEERING_PRIORITY
-          valueFrom:
-            fieldRef:
-              fieldPath: metadata.labels['apps.kubernetes.io/pod-index']
+        # Leader election: the Lease (in POD_NAMESPACE) is held under this pod's name (POD_NAME).
+        - name: MODELDEPLOY_LEADER_ELECTION
+          value: "true"
+        - name: MODELDEPLOY_LEASE_NAME
+          value: {{ include "modeldeploy.leaseName" . | quote }}
+        - name: MODELDEPLOY_LEASE_SECONDS
+          value: {{ .Values.ha.leaseSeconds | quote }}
         {{- end }}
         {{- with .Values.operator.extraEnv }}
         {{- toYaml . | nindent 8 }}
@@ -109,8 +106,25 @@ spec:
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with .Values.affinity }}
+  {{- $affinity := deepCopy .Values.affinity }}
+  {{- if and .Values.ha.enabled (not (hasKey $affinity "podAntiAffinity")) }}
+  {{- $_ := set $affinity "podAntiAffinity" (include "modeldeploy.ha.podAntiAffinity" . | fromYaml) }}
+  {{- end }}
+  {{- with $affinity }}
   affinity:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end -}}
+
+
+{{/* HA mode's default: replicas on different nodes where the scheduler can, so one node's loss
+leaves a replica to take over the Lease. */}}
+{{- define "modeldeploy.ha.podAntiAffinity" -}}
+preferredDuringSchedulingIgnoredDuringExecution:
+  - weight: 100
+    podAffinityTerm:
+      topologyKey: kubernetes.io/hostname
+      labelSelector:
+        matchLabels:
+          {{- include "modeldeploy.selectorLabels" . | nindent 10 }}
 {{- end -}}

@@ -4,8 +4,8 @@ The real operator runs rollouts against the sandbox while its API server writes 
 log; the operator's requests are told apart by their User-Agent (``modeldeploy-operator/…``
 for its kubernetes client, ``kopf/…`` for Kopf), the ``modeldeploy`` CLI's by the
 kubernetes client's default (``OpenAPI-Generator/…``). The chart is rendered with Helm's
-own engine in each mode (one ClusterRole; a Role per watched namespace; each with HA's Kopf
-peering), and:
+own engine in each mode (one ClusterRole; a Role per watched namespace; each with HA's
+leader election, a Role for the one Lease in the release namespace), and:
 
 (a) every request the operator made is allowed by the rules bound to its ServiceAccount;
 (b) every (apiGroup, resource, verb) those rules grant was used, or is listed in
@@ -21,7 +21,9 @@ Scenarios (all of them real: the operator process, kubectl, the CLI, the sandbox
   pause and promoted with ``modeldeploy promote`` (bakeTime 0s, so the old revision's
   Deployment and ConfigMap are deleted);
 - an operator watching one namespace (the chart's namespaced mode), and the same two in the
-  chart's HA mode (with the peering objects the chart creates): a first deployment each.
+  chart's HA mode: as many operator processes as the rendered Deployment's replicas (two),
+  each with its own pod name, electing a leader on the chart's Lease (created afresh in each
+  HA mode, held, renewed): a first deployment each.
 
 In each mode the operator runs with the arguments and environment of the rendered chart's
 container (downward-API values filled in as the kubelet would; Kopf's health endpoint left
@@ -30,6 +32,7 @@ out), so a change to how the chart runs the operator is checked too.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -45,7 +48,6 @@ from operator_process import BIN, OperatorProcess, kubectl_apply, run
 from rbac_rules import (
     RELEASE,
     RELEASE_NAMESPACE,
-    REPO_ROOT,
     AuditLog,
     Grant,
     Request,
@@ -57,6 +59,8 @@ from rbac_rules import (
 pytestmark = pytest.mark.integration
 
 TOKEN_SECRET = "prometheus-token"
+# HA modes: a short Lease, so the holder renews it (every second) within a short scenario.
+LEASE_SECONDS = 3
 
 # Granted, needed, and not exercised by the scenarios above: (apiGroup, resource, verb) -> why.
 # Empty today: the scenarios exercise every rule of every mode.
@@ -117,7 +121,7 @@ def chart_values(mode: str, namespace: str) -> dict[str, Any]:
     """The chart's values for a mode, with the scenario's analysis Secret readable."""
     values: dict[str, Any] = {"rbac": {"analysisSecretNames": [TOKEN_SECRET]}}
     if mode.startswith("ha"):
-        values["ha"] = {"enabled": True}
+        values["ha"] = {"enabled": True, "leaseSeconds": LEASE_SECONDS}
     if mode.endswith("namespaced"):
         values["watchNamespaces"] = [namespace]
     return values
@@ -129,6 +133,8 @@ class Run:
 
     requests: list[Request]
     namespace: str  # the namespace it rolled out in (and watched, when namespaced)
+    replicas: list[str]  # the operator processes' pod names (POD_NAME)
+    lease_holder: str | None  # HA modes: who held the chart's Lease at the end
 
     def values(self, mode: str) -> dict[str, Any]:
         return chart_values(mode, self.namespace)
@@ -145,26 +151,33 @@ class Observed:
         return {r.key for run in self.runs.values() for r in run.requests}
 
 
-# What the downward API would give the chart's env (a StatefulSet's first replica in HA mode).
-DOWNWARD_API = {
-    "metadata.name": f"{RELEASE}-modeldeploy-0",
-    "metadata.namespace": RELEASE_NAMESPACE,
-    "metadata.labels['apps.kubernetes.io/pod-index']": "0",
-}
-
-
-def container_command(objects: list[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
-    """The operator container's arguments and environment, as the kubelet would start it."""
+def operator_deployment(objects: list[dict[str, Any]]) -> dict[str, Any]:
     workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
     assert len(workloads) == 1, "the chart renders one operator workload"
-    container = next(c for c in workloads[0]["spec"]["template"]["spec"]["containers"]
+    assert workloads[0]["kind"] == "Deployment"
+    return workloads[0]
+
+
+def pod_names(objects: list[dict[str, Any]]) -> list[str]:
+    """Names like the Deployment's pods would get, one per replica."""
+    replicas = int(operator_deployment(objects)["spec"]["replicas"])
+    return [f"{RELEASE}-modeldeploy-5d8f7c9b4-{index:05d}" for index in range(replicas)]
+
+
+def container_command(
+    objects: list[dict[str, Any]], pod_name: str
+) -> tuple[list[str], dict[str, str]]:
+    """The operator container's arguments and environment, as the kubelet would start it."""
+    container = next(c for c in operator_deployment(objects)["spec"]["template"]["spec"]["containers"]
                      if c["name"] == "operator")
+    # What the downward API gives the chart's env.
+    downward = {"metadata.name": pod_name, "metadata.namespace": RELEASE_NAMESPACE}
     env: dict[str, str] = {}
     for var in container.get("env", []):
         if "value" in var:
             env[var["name"]] = str(var["value"])
         else:
-            env[var["name"]] = DOWNWARD_API[var["valueFrom"]["fieldRef"]["fieldPath"]]
+            env[var["name"]] = downward[var["valueFrom"]["fieldRef"]["fieldPath"]]
     args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg) for arg in container["args"]]
     # Kopf's health endpoint binds a fixed port and makes no API call: left out here.
     return [a for a in args if not a.startswith("--liveness")], env
@@ -173,9 +186,11 @@ def container_command(objects: list[dict[str, Any]]) -> tuple[list[str], dict[st
 class ChartModeOperator(OperatorProcess):
     """``modeldeploy-operator`` with the arguments and environment the rendered chart gives it."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path, objects: list[dict[str, Any]]) -> None:
-        super().__init__(kubeconfig, log_dir)
-        self.args, self.env = container_command(objects)
+    def __init__(
+        self, kubeconfig: Path, log_dir: Path, objects: list[dict[str, Any]], pod_name: str
+    ) -> None:
+        super().__init__(kubeconfig, log_dir, name=pod_name)
+        self.args, self.env = container_command(objects, pod_name)
 
     def start(self) -> None:
         self.starts += 1
@@ -260,21 +275,24 @@ def first_deployment(sandbox: Sandbox, kube: KubeAPI, namespace: str) -> None:
     wait_phase(kube, namespace, "first", "Succeeded")
 
 
-@pytest.fixture(scope="module")
-def peering(sandbox: Sandbox, kube: KubeAPI) -> Iterator[None]:
-    """Kopf's peering CRDs, as the chart installs them in HA mode (removed after, if added)."""
-    crds = REPO_ROOT / "charts" / "modeldeploy" / "files" / "crds" / "kopf-peering.yaml"
-    crd_path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/clusterkopfpeerings.kopf.dev"
-    present = kube.http.get(crd_path).status_code == 200
-    run(["kubectl", "apply", "-f", str(crds)], Path(sandbox.kubeconfig))
-    yield
-    if not present:
-        run(["kubectl", "delete", "-f", str(crds), "--wait=false"], Path(sandbox.kubeconfig))
+def lease_path(objects: list[dict[str, Any]]) -> str | None:
+    """The chart's Lease (HA mode), where the rendered env tells the operator to keep it."""
+    env = container_command(objects, "any")[1]
+    if env.get("MODELDEPLOY_LEADER_ELECTION") != "true":
+        return None
+    namespace, name = env["POD_NAMESPACE"], env["MODELDEPLOY_LEASE_NAME"]
+    return f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
+
+
+def renewals(audit: AuditLog, start: int) -> list[Request]:
+    """The operator's Lease updates since ``start`` (the holder's renewals)."""
+    update = ("coordination.k8s.io", "leases", "update")
+    return [r for r in audit.requests_since(start, is_operator) if r.key == update]
 
 
 @pytest.fixture(scope="module")
 def observed(
-    sandbox: Sandbox, kube: KubeAPI, crds_installed: None, peering: None,
+    sandbox: Sandbox, kube: KubeAPI, crds_installed: None,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Observed]:
     audit = AuditLog(sandbox.workdir / "audit.log")
@@ -284,38 +302,43 @@ def observed(
     namespaces = {mode: fresh_namespace(kube, f"rbac-{mode}-{suffix}") for mode in MODES}
     runs: dict[str, Run] = {}
     cli: list[Request] = []
-    cluster_peerings: list[str] = []
     created_release_namespace = kube.get("Namespace", "", RELEASE_NAMESPACE) is None
     if created_release_namespace:  # where the operator's pod would live (POD_NAMESPACE)
         fresh_namespace(kube, RELEASE_NAMESPACE)
     try:
         for mode, namespace in namespaces.items():
             objects = render(chart_values(mode, namespace))
-            # The peering objects the chart creates for HA mode (Kopf does not create them).
-            for peering_object in (o for o in objects if o["apiVersion"].startswith("kopf.dev/")):
-                kubectl_apply(peering_object, kubeconfig)
-                if peering_object["kind"] == "ClusterKopfPeering":
-                    cluster_peerings.append(peering_object["metadata"]["name"])
+            lease = lease_path(objects)
             start = audit.offset()
-            operator = ChartModeOperator(kubeconfig, logs, objects)
-            operator.start()
+            operators = [ChartModeOperator(kubeconfig, logs, objects, pod) for pod in pod_names(objects)]
+            holder: str | None = None
             try:
+                for operator in operators:
+                    operator.start()
                 if mode == "cluster-wide":
                     cli_start = cluster_wide_scenario(sandbox, kube, namespace, audit)
                 else:
                     first_deployment(sandbox, kube, namespace)
+                if lease is not None:
+                    # The holder keeps renewing: wait for a renewal (not only the creation).
+                    wait_until(functools.partial(renewals, audit, start), timeout=5 * LEASE_SECONDS,
+                               what=f"the Lease holder to renew {lease}")
+                    holder = kube.http.get(lease).json()["spec"].get("holderIdentity")
             except BaseException:
-                print(f"operator's log ({mode}):\n{operator.log_tail()}")
+                for operator in (o for o in operators if o.process is not None):
+                    print(f"operator's log ({mode}, {operator.name}):\n{operator.log_tail()}")
                 raise
             finally:
-                operator.stop()
-            runs[mode] = Run(audit.requests_since(start, is_operator), namespace)
+                for operator in operators:
+                    operator.stop()
+                if lease is not None:  # the next HA mode starts with no Lease, and creates it
+                    kube.http.delete(lease)
+            runs[mode] = Run(audit.requests_since(start, is_operator), namespace,
+                             [o.name for o in operators], holder)
             if mode == "cluster-wide":
                 cli = audit.requests_since(cli_start, is_cli)
         yield Observed(runs, cli)
     finally:
-        for name in cluster_peerings:
-            run(["kubectl", "delete", "clusterkopfpeering", name], kubeconfig)
         for namespace in namespaces.values():
             kube.delete("Namespace", "", namespace)
         if created_release_namespace:
@@ -337,21 +360,60 @@ def test_the_scenarios_saw_the_operator_and_the_cli_at_work(observed: Observed) 
     """Guards the filters below: an empty audit would make every other check pass."""
     for mode, run_ in observed.runs.items():
         assert {r.user_agent.split("/")[0] for r in run_.requests} == {"kopf", "modeldeploy-operator"}, mode
-    peering = {r.resource for mode in ("ha", "ha-namespaced") for r in observed.runs[mode].requests
-               if r.group == "kopf.dev"}
-    assert peering == {"clusterkopfpeerings", "kopfpeerings"}
     assert ("modeldeploy.io", "modeldeployments/status", "patch") in {r.key for r in observed.cli}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_kopf_runs_standalone_and_only_ha_modes_elect_a_leader(observed: Observed, mode: str) -> None:
+    run_ = observed.runs[mode]
+    assert [str(r) for r in run_.requests if r.group == "kopf.dev"] == [], "no Kopf peering"
+    lease_requests = [r for r in run_.requests if r.resource == "leases"]
+    if not mode.startswith("ha"):
+        assert run_.replicas == [f"{RELEASE}-modeldeploy-5d8f7c9b4-00000"] and lease_requests == []
+        return
+    assert len(run_.replicas) == 2, "HA mode runs the rendered Deployment's two replicas"
+    assert run_.lease_holder in run_.replicas, "one replica holds the Lease under its pod name"
+    # Created once (by whichever replica came first), read by both, renewed by the holder.
+    assert {r.verb for r in lease_requests} == {"create", "get", "update"}
+    assert {(r.group, r.namespace) for r in lease_requests} == {("coordination.k8s.io", RELEASE_NAMESPACE)}
+    assert {r.name for r in lease_requests if r.verb != "create"} == {f"{RELEASE}-modeldeploy"}
+
+
+@pytest.mark.parametrize("mode", ["ha", "ha-namespaced"])
+def test_lease_access_is_limited_to_the_charts_lease_in_the_release_namespace(
+    observed: Observed, mode: str
+) -> None:
+    run_ = observed.runs[mode]
+    lease_requests = [r for r in run_.requests if r.resource == "leases"]
+    lease_grants = [g for g in grants_in(run_.values(mode)) if is_lease_grant(g)]
+    assert [g.namespace for g in lease_grants] == [RELEASE_NAMESPACE]
+    assert lease_requests and refused(lease_requests, lease_grants) == []
+    other_name = grants_in({**run_.values(mode), "ha": {"enabled": True, "leaseName": "another-lease"}})
+    assert {r.split()[0] for r in refused(lease_requests, other_name)} == {"get", "update"}, (
+        "get and update reach the named Lease only (create cannot be limited by name)"
+    )
+
+
+def is_lease_grant(grant: Grant) -> bool:
+    return any("coordination.k8s.io" in rule.get("apiGroups", []) for rule in grant.rules)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_every_request_the_operator_makes_is_allowed_in_each_mode(observed: Observed, mode: str) -> None:
     run_ = observed.runs[mode]
     grants = grants_in(run_.values(mode))
+    lease_grants = [g for g in grants if is_lease_grant(g)]
+    expected = [RELEASE_NAMESPACE] if mode.startswith("ha") else []
+    assert [g.namespace for g in lease_grants] == expected, "HA: one Role, for the Lease"
     if mode.endswith("namespaced"):
-        assert [g.namespace for g in grants] == [run_.namespace], "one Role, in the watched namespace"
+        assert [g.namespace for g in grants if g not in lease_grants] == [run_.namespace], (
+            "one Role, in the watched namespace"
+        )
         tolerated = [r for r in run_.requests if not r.namespace and r.key in REFUSED_IN_NAMESPACED_MODE]
     else:
-        assert all(g.namespace is None for g in grants), "cluster-wide mode binds a ClusterRole"
+        assert all(g.namespace is None for g in grants if g not in lease_grants), (
+            "cluster-wide mode binds a ClusterRole"
+        )
         tolerated = []
     assert refused([r for r in run_.requests if r not in tolerated], grants) == []
 

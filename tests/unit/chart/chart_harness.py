@@ -54,7 +54,7 @@ def of_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def operator_container(objs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The operator container of the Deployment (or, in HA mode, the StatefulSet)."""
+    """The operator container of the chart's one Deployment (in every mode)."""
     workloads = of_kind(objs, "Deployment") + of_kind(objs, "StatefulSet")
     assert len(workloads) == 1, "the chart renders exactly one operator workload"
     containers: list[dict[str, Any]] = workloads[0]["spec"]["template"]["spec"]["containers"]

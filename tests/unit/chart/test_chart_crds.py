@@ -54,7 +54,7 @@ def test_rendered_crd_is_the_generated_crd_plus_keep_policy_and_chart_labels() -
     "values",
     [
         pytest.param({}, id="the ModelDeployment CRD is kept on uninstall"),
-        pytest.param({"ha": {"enabled": True}}, id="the Kopf peering CRDs are kept on uninstall"),
+        pytest.param({"ha": {"enabled": True}}, id="the CRD is kept on uninstall in HA mode too"),
     ],
 )
 def test_every_rendered_crd_survives_helm_uninstall(values: dict[str, Any]) -> None:

@@ -1,10 +1,11 @@
 """The chart lints, renders valid Kubernetes objects in every documented mode, and does what
-each mode promises: one Recreate replica, least-privilege RBAC, HA by Kopf peering, monitoring
-and CRDs on or off."""
+each mode promises: one Recreate replica, least-privilege RBAC, HA by Lease-based leader
+election (never Kopf peering), monitoring and CRDs on or off."""
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import helm_python as helm
@@ -14,6 +15,7 @@ import yaml
 from chart_harness import (
     CHART,
     NAMESPACE,
+    RELEASE,
     SCENARIOS,
     objects,
     of_kind,
@@ -22,13 +24,14 @@ from chart_harness import (
     render,
     scenario_values,
 )
+from modeldeploy.controller import OperatorConfig
 
 KUBERNETES_VERSIONS = ["1.28.0", "1.31.0"]
 
-# Kinds kubernetes-validate has no schema for: they come from CRDs (prometheus-operator's and
-# Kopf's), so Kubernetes' published OpenAPI cannot check them. Their shape is asserted by the
-# behaviour tests below instead.
-CRD_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule", "ClusterKopfPeering", "KopfPeering"}
+# Kinds kubernetes-validate has no schema for: they come from prometheus-operator's CRDs, so
+# Kubernetes' published OpenAPI cannot check them. Their shape is asserted by the behaviour
+# tests below instead.
+CRD_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 
 MONITORING_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 
@@ -64,7 +67,7 @@ def test_every_rendered_object_is_valid_for_the_kubernetes_version(scenario: str
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_namespaced_object_lands_in_a_named_namespace(scenario: str) -> None:
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ClusterKopfPeering"}
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
     for obj in objects(scenario_values(scenario)):
         if obj["kind"] not in cluster_scoped:
             assert obj["metadata"].get("namespace"), f"{obj['kind']} has no namespace"
@@ -74,10 +77,11 @@ def test_default_mode_runs_one_operator_with_the_recreate_strategy() -> None:
     deployment = only(objects(), "Deployment")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    assert not of_kind(objects(), "StatefulSet")
     container = operator_container(objects())
     assert "--standalone" in container["args"]
-    assert "MODELDEPLOY_PEERING" not in {e["name"] for e in container["env"]}
+    assert "MODELDEPLOY_LEADER_ELECTION" not in {e["name"] for e in container["env"]}
+    assert not of_kind(objects(), "PodDisruptionBudget")
+    assert "affinity" not in deployment["spec"]["template"]["spec"]
 
 
 def test_operator_pod_is_hardened() -> None:
@@ -233,40 +237,150 @@ def test_user_roles_let_editors_steer_rollouts_through_status_only(
     assert {"patch"} == set(_grants(_rules(edit), "modeldeploy.io", "modeldeployments/status")[0]["verbs"])
 
 
-def test_ha_mode_runs_peered_replicas_with_distinct_priorities() -> None:
+# What the kubelet gives the chart's downward-API env, for a pod of the HA Deployment.
+POD = {"metadata.name": f"{RELEASE}-modeldeploy-7c9f-x2x4q", "metadata.namespace": NAMESPACE}
+
+
+def operator_config(objs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> OperatorConfig:
+    """The settings the operator itself reads from the rendered container's environment."""
+    for name in [n for n in os.environ if n.startswith(("MODELDEPLOY_", "POD_"))]:
+        monkeypatch.delenv(name)
+    for var in operator_container(objs)["env"]:
+        value = var["value"] if "value" in var else POD[var["valueFrom"]["fieldRef"]["fieldPath"]]
+        monkeypatch.setenv(var["name"], value)
+    return OperatorConfig.from_env()
+
+
+def test_ha_mode_runs_replicas_that_elect_a_leader_on_a_lease(monkeypatch: pytest.MonkeyPatch) -> None:
     objs = objects(scenario_values("ha"))
-    assert not of_kind(objs, "Deployment")
-    statefulset = only(objs, "StatefulSet")
-    assert statefulset["spec"]["replicas"] == 2
+    deployment = only(objs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
     container = operator_container(objs)
-    assert "--standalone" not in container["args"]
-    assert "--priority=$(MODELDEPLOY_PEERING_PRIORITY)" in container["args"]
-    priority = next(e for e in container["env"] if e["name"] == "MODELDEPLOY_PEERING_PRIORITY")
-    assert priority["valueFrom"]["fieldRef"]["fieldPath"] == (
-        "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert "--standalone" in container["args"]
+    config = operator_config(objs, monkeypatch)
+    assert config.leader_election is True
+    assert config.lease_name == deployment["metadata"]["name"] == f"{RELEASE}-modeldeploy"
+    assert config.lease_namespace == NAMESPACE, "the Lease lives in the release namespace"
+    assert config.lease_seconds == 15
+    assert config.identity == POD["metadata.name"], "each replica holds the Lease as its pod"
+    assert config.peering_name is None
+
+
+def test_ha_lease_settings_and_replicas_come_from_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    objs = objects({"ha": {"enabled": True, "replicas": 3, "leaseSeconds": 30, "leaseName": "md-leader"}})
+    assert only(objs, "Deployment")["spec"]["replicas"] == 3
+    config = operator_config(objs, monkeypatch)
+    assert (config.lease_name, config.lease_seconds) == ("md-leader", 30)
+    lease_role = only(objs, "Role")
+    assert _grants(_rules(lease_role), "coordination.k8s.io", "leases")[0]["resourceNames"] == ["md-leader"]
+
+
+def test_without_ha_the_operator_does_not_elect_a_leader(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = operator_config(objects(), monkeypatch)
+    assert config.leader_election is False
+
+
+def test_ha_upgrades_start_a_new_replica_before_stopping_an_old_one() -> None:
+    strategy = only(objects(scenario_values("ha")), "Deployment")["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+
+
+def test_ha_replicas_are_spread_across_nodes_and_kept_through_voluntary_disruptions() -> None:
+    objs = objects(scenario_values("ha"))
+    deployment = only(objs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    preferred = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert [term["podAffinityTerm"]["topologyKey"] for term in preferred] == ["kubernetes.io/hostname"]
+    assert preferred[0]["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+    budget = only(objs, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+
+
+@pytest.mark.parametrize(
+    ("affinity", "expected_keys"),
+    [
+        pytest.param(
+            {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ops"]}]}]}}},
+            {"nodeAffinity", "podAntiAffinity"},
+            id="a user's node affinity is kept and the spreading added",
+        ),
+        pytest.param(
+            {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": []}},
+            {"podAntiAffinity"},
+            id="a user's own pod anti-affinity replaces the chart's",
+        ),
+    ],
+)
+def test_ha_anti_affinity_respects_the_users_affinity(
+    affinity: dict[str, Any], expected_keys: set[str]
+) -> None:
+    objs = objects({"ha": {"enabled": True}, "affinity": affinity})
+    rendered = only(objs, "Deployment")["spec"]["template"]["spec"]["affinity"]
+    assert set(rendered) == expected_keys
+    for key in affinity:
+        assert rendered[key] == affinity[key]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param({"ha": {"enabled": True}}, id="cluster-wide HA"),
+        pytest.param({"ha": {"enabled": True}, "watchNamespaces": ["ml", "ml-staging"]}, id="namespaced HA"),
+    ],
+)
+def test_ha_grants_exactly_the_lease_verbs_the_elector_uses_in_the_release_namespace_only(
+    values: dict[str, Any],
+) -> None:
+    objs = objects(values)
+    lease_roles = [r for r in of_kind(objs, "Role") if _grants(_rules(r), "coordination.k8s.io", "leases")]
+    assert len(lease_roles) == 1
+    role = lease_roles[0]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    # read_namespaced_lease, replace_namespaced_lease: this Lease only. create_namespaced_lease:
+    # Kubernetes cannot restrict create by name (the name is in the body), so a rule of its own.
+    assert _rules(role) == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": [f"{RELEASE}-modeldeploy"], "verbs": ["get", "update"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    ]
+    binding = next(
+        b for b in of_kind(objs, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]
     )
-    peering = only(objs, "ClusterKopfPeering")
-    assert f"--peering={peering['metadata']['name']}" in container["args"]
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["MODELDEPLOY_PEERING"] == peering["metadata"]["name"]
-    assert peering["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
-    crd_names = {c["metadata"]["name"] for c in of_kind(objs, "CustomResourceDefinition")}
-    assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"} <= crd_names
-    assert _grants(_rules(operator_cluster_role(objs)), "kopf.dev", "clusterkopfpeerings")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"]["kind"] == "Role"
+    assert binding["subjects"] == [{
+        "kind": "ServiceAccount",
+        "name": only(objs, "ServiceAccount")["metadata"]["name"],
+        "namespace": NAMESPACE,
+    }]
+    shared = operator_cluster_roles(objs) + [r for r in of_kind(objs, "Role") if r is not role]
+    assert shared and not [g for r in shared for g in _grants(_rules(r), "coordination.k8s.io", "leases")]
 
 
-def test_ha_in_namespaced_mode_meets_in_one_kopf_peering_per_namespace() -> None:
-    objs = objects({"ha": {"enabled": True}, "watchNamespaces": ["ml", "ml-staging"]})
-    assert {p["metadata"]["namespace"] for p in of_kind(objs, "KopfPeering")} == {"ml", "ml-staging"}
-    for role in of_kind(objs, "Role"):
-        assert _grants(_rules(role), "kopf.dev", "kopfpeerings")
-
-
-def test_without_ha_no_peering_objects_or_crds_are_rendered() -> None:
+def test_without_ha_nothing_may_touch_leases() -> None:
     objs = objects()
-    assert not of_kind(objs, "ClusterKopfPeering") and not of_kind(objs, "KopfPeering")
-    names = {c["metadata"]["name"] for c in of_kind(objs, "CustomResourceDefinition")}
-    assert names == {"modeldeployments.modeldeploy.io"}
+    roles = operator_cluster_roles(objs) + of_kind(objs, "Role")
+    assert roles and not [g for r in roles for g in _grants(_rules(r), "coordination.k8s.io", "leases")]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_no_mode_uses_kopf_peering_or_helm_hooks(scenario: str) -> None:
+    objs = objects(scenario_values(scenario))
+    assert not [o for o in objs if o["apiVersion"].startswith("kopf.dev/")]
+    crd_names = {c["metadata"]["name"] for c in of_kind(objs, "CustomResourceDefinition")}
+    assert crd_names <= {"modeldeployments.modeldeploy.io"}
+    assert not [o for o in objs if "helm.sh/hook" in (o["metadata"].get("annotations") or {})]
+    assert not of_kind(objs, "StatefulSet")
+    container = operator_container(objs)
+    assert "--standalone" in container["args"]
+    assert not [a for a in container["args"] if a.startswith(("--peering", "--priority"))]
+    assert not [e for e in container["env"] if e["name"].startswith("MODELDEPLOY_PEERING")]
+    for role in operator_cluster_roles(objs) + of_kind(objs, "Role"):
+        assert not [r for r in _rules(role) if "kopf.dev" in r["apiGroups"]]
 
 
 def test_no_monitoring_mode_renders_no_prometheus_operator_objects_nor_dashboard() -> None:
@@ -337,6 +451,24 @@ def test_dashboard_config_map_holds_the_dashboard_for_grafanas_sidecar() -> None
         pytest.param({"image": {"tga": "v1"}}, id="a misspelt nested key fails the render"),
         pytest.param(
             {"ha": {"enabled": True, "replicas": 1}}, id="HA with a single replica fails the render"
+        ),
+        pytest.param(
+            {"ha": {"enabled": True, "leaseSeconds": 1}}, id="a Lease shorter than 3 s fails the render"
+        ),
+        pytest.param(
+            {"ha": {"enabled": True, "leaseSeconds": 3600}}, id="a Lease longer than 5 min fails the render"
+        ),
+        pytest.param(
+            {"ha": {"enabled": True, "leaseSeconds": "15"}},
+            id="a Lease duration as a string fails the render",
+        ),
+        pytest.param(
+            {"ha": {"enabled": True, "leaseName": "Leader_Lease"}},
+            id="a Lease name that is no Kubernetes name fails the render",
+        ),
+        pytest.param(
+            {"ha": {"enabled": True, "peeringName": "md"}},
+            id="the removed Kopf peering name fails the render",
         ),
         pytest.param({"operator": {"logFormat": "xml"}}, id="an unknown log format fails the render"),
         pytest.param(

@@ -1,0 +1,221 @@
+"""Manifests and observers shared by the analysis scenarios (issue 5).
+
+Every scenario runs the real operator against the session sandbox, real model service
+processes and a real Prometheus scraping them every second; the fake upstream's faults
+(set per model at run time) make one track slow or failing. Analysis is sized for
+speed: a 3 s interval (the rate windows use ``{{interval}}``), two replicas, short
+bakes and small limits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from mdsandbox.sandbox import Sandbox
+from mdsandbox.testing import KubeAPI, wait_until
+from mdsandbox.traffic import Response
+from operator_process import kubectl_apply
+from prometheus_client.parser import text_string_to_metric_families
+
+JSON = dict[str, Any]
+INTERVAL = "3s"
+SONG_V1 = "ft:gpt-4o-mini-2024-07-18:acme:songs:v1"
+SONG_V2 = "ft:gpt-4o-mini-2024-07-18:acme:songs:v2"
+# Steps every scenario uses: half the traffic, then two passing rounds in a row, then all.
+STEPS: list[JSON] = [{"setWeight": 50}, {"analysis": {"measurements": 2}}, {"setWeight": 100}]
+
+
+def model_deployment(
+    name: str,
+    namespace: str,
+    *,
+    image: str,
+    env: dict[str, str],
+    analysis: JSON,
+    bake_time: str = "1s",
+    steps: list[JSON] | None = None,
+) -> JSON:
+    """A ModelDeployment of two replicas with the scenarios' steps and a 3 s analysis interval."""
+    return {
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": 2,
+            "template": {"spec": {"containers": [{
+                "name": "app",
+                "image": image,
+                "env": [{"name": k, "value": v} for k, v in env.items()],
+                "readinessProbe": {"httpGet": {"path": "/health", "port": 8080},
+                                   "periodSeconds": 1},
+            }]}},
+            "strategy": {"canary": {"steps": steps if steps is not None else STEPS}},
+            "analysis": {"interval": INTERVAL, **analysis},
+            "rollback": {"automatic": True, "bakeTime": bake_time},
+            "progressDeadline": "2m",
+        },
+    }
+
+
+def endpoints(sandbox: Sandbox, prometheus: str | None = None) -> tuple[str, str]:
+    """The fake upstream's OpenAI base URL and the Prometheus to analyse with."""
+    upstream, prometheus = sandbox.fake_upstream_url, prometheus or sandbox.prometheus_url
+    assert upstream is not None and prometheus is not None, "the sandbox runs both"
+    return upstream, prometheus
+
+
+def song_analyzer(
+    name: str,
+    namespace: str,
+    sandbox: Sandbox,
+    *,
+    model: str,
+    tag: str,
+    metrics: list[JSON] | None = None,
+    bake_time: str = "1s",
+    prometheus: str | None = None,
+    steps: list[JSON] | None = None,
+) -> JSON:
+    upstream, prometheus = endpoints(sandbox, prometheus)
+    env = {"LLM_API_BASE_URL": upstream, "OPENAI_API_KEY": "placeholder", "LLM_MODEL": model,
+           "LLM_TIMEOUT": "10"}
+    analysis: JSON = {"provider": {"prometheus": {"address": prometheus, "timeout": "2s"}},
+                      "presets": ["song-analyzer"]}
+    if metrics:
+        analysis["metrics"] = metrics
+    return model_deployment(name, namespace, image=f"modeldeploy/song-analyzer:{tag}", env=env,
+                            analysis=analysis, bake_time=bake_time, steps=steps)
+
+
+def image_gen(
+    name: str,
+    namespace: str,
+    sandbox: Sandbox,
+    *,
+    model: str,
+    tag: str,
+    timeout_s: float,
+    metrics: list[JSON] | None = None,
+) -> JSON:
+    upstream, prometheus = endpoints(sandbox)
+    env = {"OPENAI_BASE_URL": upstream, "OPENAI_API_KEY": "placeholder", "IMAGE_MODEL": model,
+           "IMAGE_TIMEOUT_S": f"{timeout_s:g}", "IMAGE_MAX_CONCURRENCY": "16"}
+    analysis: JSON = {"provider": {"prometheus": {"address": prometheus, "timeout": "2s"}},
+                      "presets": ["image-gen"]}
+    if metrics:
+        analysis["metrics"] = metrics
+    return model_deployment(name, namespace, image=f"modeldeploy/image-gen:{tag}", env=env,
+                            analysis=analysis)
+
+
+def apply(manifest: JSON, sandbox: Sandbox) -> None:
+    """``kubectl apply`` the manifest, as a user (or Argo CD) would."""
+    kubectl_apply(manifest, Path(sandbox.kubeconfig))
+
+
+def get_md(kube: KubeAPI, namespace: str, name: str) -> JSON:
+    response = kube.http.get(
+        f"/apis/modeldeploy.io/v1alpha1/namespaces/{namespace}/modeldeployments/{name}"
+    )
+    response.raise_for_status()
+    body: JSON = dict(response.json())
+    return body
+
+
+def status_of(kube: KubeAPI, namespace: str, name: str) -> JSON:
+    status: JSON = get_md(kube, namespace, name).get("status") or {}
+    return status
+
+
+def wait_status(
+    kube: KubeAPI, namespace: str, name: str, predicate: Callable[[JSON], bool], *,
+    what: str, timeout: float = 90,
+) -> JSON:
+    """Poll the resource's status until ``predicate`` holds; returns that status.
+
+    On a timeout the error shows the last status's phase, message and analysis.
+    """
+    last: JSON = {}
+
+    def check() -> JSON | None:
+        nonlocal last
+        last = status_of(kube, namespace, name)
+        return last if predicate(last) else None
+
+    try:
+        return wait_until(check, timeout=timeout, what=f"{name}: {what}", interval=0.25)
+    except AssertionError as error:
+        summary = {k: last.get(k) for k in ("phase", "message", "analysis", "history")}
+        raise AssertionError(f"{error}\nlast status: {summary}") from None
+
+
+def wait_stable(kube: KubeAPI, namespace: str, name: str, timeout: float = 90) -> str:
+    """Wait for phase Succeeded with no canary; returns the stable revision."""
+    status = wait_status(
+        kube, namespace, name,
+        lambda s: s.get("phase") == "Succeeded" and not s.get("canaryRevision")
+        and bool(s.get("stableRevision")),
+        what="phase Succeeded", timeout=timeout,
+    )
+    return str(status["stableRevision"])
+
+
+def wait_canary(kube: KubeAPI, namespace: str, name: str, stable: str, timeout: float = 60) -> str:
+    """Wait until a canary revision other than ``stable`` is rolling out; returns it."""
+    status = wait_status(
+        kube, namespace, name,
+        lambda s: bool(s.get("canaryRevision")) and s.get("stableRevision") == stable,
+        what="a canary to start", timeout=timeout,
+    )
+    return str(status["canaryRevision"])
+
+
+def condition(status: JSON, type_: str) -> JSON:
+    return next(c for c in status.get("conditions") or [] if c["type"] == type_)
+
+
+def metric_status(status: JSON, name: str) -> JSON:
+    return next(m for m in status.get("analysis") or [] if m["name"] == name)
+
+
+def events_of(kube: KubeAPI, namespace: str, name: str) -> list[JSON]:
+    return [
+        e for e in kube.list("Event", namespace)
+        if (e.get("involvedObject") or {}).get("kind") == "ModelDeployment"
+        and (e.get("involvedObject") or {}).get("name") == name
+    ]
+
+
+def revision_of_pod(pod: str | None, name: str) -> str | None:
+    """The revision a ``namespace/pod`` served by (pods are ``<name>-<revision>-<rs>-<id>``)."""
+    if pod is None:
+        return None
+    pod_name = pod.split("/", 1)[-1]
+    if not pod_name.startswith(f"{name}-"):
+        return None
+    return pod_name[len(name) + 1:].split("-", 1)[0]
+
+
+def revisions_served(responses: list[Response], name: str) -> set[str | None]:
+    return {revision_of_pod(r.pod, name) for r in responses}
+
+
+def operator_metric(port: int, family: str, **labels: str) -> float:
+    """The sum of the operator's own ``family`` samples whose labels include ``labels``."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    total = 0.0
+    for metric in text_string_to_metric_families(text):
+        for sample in metric.samples:
+            if sample.name != family:
+                continue
+            if all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)

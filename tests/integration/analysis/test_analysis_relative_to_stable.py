@@ -1,0 +1,78 @@
+"""An upstream slow for both tracks: a latency check relative to stable does not blame the canary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from analysis_support import (
+    SONG_V1,
+    SONG_V2,
+    apply,
+    metric_status,
+    song_analyzer,
+    wait_canary,
+    wait_stable,
+    wait_status,
+)
+from fakeupstream import FakeUpstreamClient
+from mdsandbox.sandbox import Sandbox
+from mdsandbox.testing import KubeAPI
+from mdsandbox.traffic import TrafficGenerator, song_request
+from operator_process import OperatorProcess
+
+pytestmark = pytest.mark.integration
+NAME = "songs-slow"
+SLOW_S = 1.2
+# latency-p95 judged against stable (the canary may be at most 2x as slow), replacing
+# the bundle's absolute bound; an absolute "max 1" would fail every round below.
+RELATIVE_LATENCY = [{"name": "latency-p95", "relativeToStable": {"maxRatio": 2.0}}]
+
+
+def test_a_canary_is_promoted_when_the_upstream_is_slow_for_both_tracks(
+    sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess,
+    upstream: FakeUpstreamClient,
+) -> None:
+    def manifest(model: str, tag: str) -> dict[str, Any]:
+        return song_analyzer(NAME, namespace, sandbox, model=model, tag=tag,
+                             metrics=RELATIVE_LATENCY)
+
+    apply(manifest(SONG_V1, "1.0.0"), sandbox)
+    stable = wait_stable(kube, namespace, NAME)
+    for model in (SONG_V1, SONG_V2):
+        upstream.set_fault(model, latency_s=SLOW_S)
+    url = sandbox.service_url(namespace, NAME) + "/analyze"
+    phases: set[str] = set()
+
+    def seen(status: dict[str, object]) -> bool:
+        phases.add(str(status.get("phase")))
+        return True
+
+    with TrafficGenerator(url, body=song_request, rate=8, concurrency=16, max_seconds=180,
+                          timeout_s=15) as traffic:
+        apply(manifest(SONG_V2, "1.1.0"), sandbox)
+        canary = wait_canary(kube, namespace, NAME, stable)
+        both_slow = wait_status(
+            kube, namespace, NAME,
+            lambda s: seen(s) and any(
+                m["name"] == "latency-p95" and m["verdict"] == "Pass"
+                and (m.get("stableValue") or 0) >= 1.0 for m in s.get("analysis") or []
+            ),
+            what="a passing latency-p95 measurement against a slow stable", timeout=90,
+        )
+        done = wait_status(
+            kube, namespace, NAME,
+            lambda s: seen(s) and (s.get("stableRevision") == canary
+                                   or s.get("phase") == "RolledBack"),
+            what="the canary promoted", timeout=120,
+        )
+        responses = traffic.responses()
+
+    latency = metric_status(both_slow, "latency-p95")
+    assert latency["value"] >= SLOW_S and latency["stableValue"] >= SLOW_S
+    assert latency["threshold"] == "<= 2x stable"
+    assert "RolledBack" not in phases
+    assert done["stableRevision"] == canary and done["history"][0]["outcome"] == "Promoted"
+    # Slow, but every answer was a success.
+    ok = [r for r in responses if r.ok]
+    assert ok and len(ok) == len(responses), TrafficGenerator.statuses(responses)
