@@ -7,15 +7,22 @@ restarts and ticks in between never measure twice as often as asked.
 
 Canary and stable are measured with the same query in the same round (only the
 revision differs), so relative-to-stable checks compare like with like.
+
+Providers are kept between rounds (their HTTP session and its connections with them)
+and built anew only when the provider's settings or the Secrets it reads change, so a
+rotated token takes effect at the next round. A CA bundle from a Secret is written
+once per distinct content, into a directory the runner owns and removes at exit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from modeldeploy import engine, metrics
 from modeldeploy import spec as s
@@ -26,8 +33,11 @@ from modeldeploy.kube.client import KubeClient
 from modeldeploy.measurement import QueryResult
 from modeldeploy.providers import MetricProvider, provider_for
 
+# Distinct provider configurations kept at once; the oldest goes first beyond this.
+MAX_PROVIDERS = 64
 
-@dataclass
+
+@dataclass(frozen=True)
 class _Secrets:
     bearer_token: str | None = None
     ca_bundle_path: str | None = None
@@ -49,6 +59,8 @@ def round_due(spec: s.ModelDeploymentSpec, status: s.ModelDeploymentStatus, now:
 class AnalysisRunner:
     def __init__(self, kube: KubeClient) -> None:
         self._kube = kube
+        self._providers: dict[tuple[str, _Secrets], MetricProvider] = {}
+        self._ca_dir = tempfile.TemporaryDirectory(prefix="modeldeploy-ca-")
 
     async def measure(
         self, md: s.ModelDeployment, status: s.ModelDeploymentStatus, now: dt.datetime
@@ -60,7 +72,7 @@ class AnalysisRunner:
         if request is None or not round_due(md.spec, status, now):
             return None
         gates, indicators = presets.resolve(analysis)
-        provider = provider_for(analysis.provider, await self._secrets(md))
+        provider = self._provider(analysis.provider, await self._secrets(md))
         canary, stable = await self._run(md, request, provider, gates, indicators)
         report = evaluate(request, gates, indicators, canary, stable, status.analysis,
                           analysis.no_data, now)
@@ -113,21 +125,34 @@ class AnalysisRunner:
         finally:
             metrics.QUERY_SECONDS.observe(time.perf_counter() - started)
 
+    def _provider(self, config: s.Provider, secrets: _Secrets) -> MetricProvider:
+        key = (config.model_dump_json(), secrets)
+        provider = self._providers.get(key)
+        if provider is None:
+            if len(self._providers) >= MAX_PROVIDERS:
+                self._providers.pop(next(iter(self._providers)))
+            provider = self._providers[key] = provider_for(config, secrets)
+        return provider
+
     async def _secrets(self, md: s.ModelDeployment) -> _Secrets:
         assert md.spec.analysis is not None
         config = md.spec.analysis.provider.prometheus
-        secrets = _Secrets()
         if config is None:
-            return secrets
+            return _Secrets()
         namespace = md.metadata.namespace
+        token = ca_path = None
         if config.bearer_token_secret is not None:
             ref = config.bearer_token_secret
-            secrets.bearer_token = await self._kube.read_secret_key(namespace, ref.name, ref.key)
+            token = await self._kube.read_secret_key(namespace, ref.name, ref.key)
         if config.ca_secret is not None:
             ref = config.ca_secret
             pem = await self._kube.read_secret_key(namespace, ref.name, ref.key)
             if pem:
-                with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as bundle:
-                    bundle.write(pem)
-                secrets.ca_bundle_path = bundle.name
-        return secrets
+                ca_path = self._ca_bundle(pem)
+        return _Secrets(bearer_token=token, ca_bundle_path=ca_path)
+
+    def _ca_bundle(self, pem: str) -> str:
+        path = Path(self._ca_dir.name) / f"{hashlib.sha256(pem.encode()).hexdigest()[:16]}.pem"
+        if not path.exists():
+            path.write_text(pem)
+        return str(path)

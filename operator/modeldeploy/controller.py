@@ -50,8 +50,6 @@ class OperatorConfig:
 
     tick_seconds: float = 5.0
     watch_server_timeout: int = 300
-    peering_name: str | None = None
-    peering_priority: int = 0
     metrics_port: int | None = 9090
     leader_election: bool = False
     lease_name: str = "modeldeploy-operator"
@@ -64,8 +62,6 @@ class OperatorConfig:
         return cls(
             tick_seconds=float(os.environ.get("MODELDEPLOY_TICK_SECONDS", "5")),
             watch_server_timeout=int(os.environ.get("MODELDEPLOY_WATCH_TIMEOUT", "300")),
-            peering_name=os.environ.get("MODELDEPLOY_PEERING") or None,
-            peering_priority=int(os.environ.get("MODELDEPLOY_PEERING_PRIORITY", "0")),
             # "off" disables the endpoint (e.g. several operators in one test process).
             metrics_port=None if os.environ.get("MODELDEPLOY_METRICS_PORT") == "off"
             else int(os.environ.get("MODELDEPLOY_METRICS_PORT", "9090")),
@@ -199,7 +195,9 @@ class RolloutController:
         loop = asyncio.get_running_loop()
         while True:
             if not self._is_leader():
-                # Another replica holds the Lease: keep the schedule, act on nothing.
+                # Another replica holds the Lease: keep the schedule, act on nothing, and
+                # export no phase or weight (the leader's gauges are the true ones).
+                metrics.forget_all()
                 await asyncio.sleep(0.5)
                 continue
             now = loop.time()

@@ -32,12 +32,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 60
     # The controller posts its own Events (one per phase change); Kopf's would be noise.
     settings.posting.enabled = False
-    # One active operator. Kopf's peering pauses lower-priority peers (not leader
-    # election); with MODELDEPLOY_LEADER_ELECTION a Lease decides instead (below).
-    settings.peering.standalone = config.peering_name is None
-    if config.peering_name is not None:
-        settings.peering.name = config.peering_name
-        settings.peering.priority = config.peering_priority
+    # Kopf's peering pauses operators by priority; it is not leader election. Kopf runs
+    # standalone, and several replicas elect one leader on a Lease (below).
+    settings.peering.standalone = True
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if config.metrics_port is not None:
         metrics.serve(config.metrics_port)
@@ -45,7 +42,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.elector = None
     if config.leader_election:
         # Several replicas: one Lease decides who acts (see modeldeploy.kube.lease).
-        settings.peering.standalone = True
         memo.elector = LeaderElector(
             api_client, config.lease_namespace, config.lease_name, config.identity, config.lease_seconds
         )

@@ -60,5 +60,11 @@ def forget(namespace: str, name: str) -> None:
                 gauge.remove(namespace, name, *labels)
 
 
+def forget_all() -> None:
+    """Drop every resource's gauges (a replica that does not hold the Lease)."""
+    CANARY_WEIGHT.clear()
+    PHASE.clear()
+
+
 def serve(port: int) -> None:
     start_http_server(port, addr="0.0.0.0", registry=REGISTRY)

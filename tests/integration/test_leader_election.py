@@ -97,3 +97,53 @@ def test_one_replica_leads_and_another_takes_over_when_it_dies(
         timeout=90, what="the new leader to roll out the next revision",
     )
     assert [entry["outcome"] for entry in second["history"][:2]] == ["Promoted", "Promoted"]
+
+
+@pytest.fixture
+def api_client(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The operator's own kubernetes client, configured from the sandbox's kubeconfig."""
+    from modeldeploy.kube.client import load_api_client
+
+    monkeypatch.setenv("KUBECONFIG", sandbox.kubeconfig)
+    client = load_api_client()
+    yield client
+    client.close()
+
+
+def test_expiry_is_measured_on_the_candidates_own_clock(
+    kube: KubeAPI, namespace: str, api_client: Any
+) -> None:
+    """The Lease's election against the real API server, with each replica's clock given.
+
+    A candidate whose clock runs an hour ahead of the leader's must not read the leader's
+    ``renewTime`` as stale: it takes over only once it has itself seen the Lease unchanged
+    for a full lease, and the old leader then stands down.
+    """
+    import datetime as dt
+
+    from modeldeploy.kube.lease import LeaderElector
+
+    def elector(identity: str) -> LeaderElector:
+        return LeaderElector(api_client, namespace, "modeldeploy-operator", identity, LEASE_SECONDS)
+
+    leader, candidate = elector("replica-a"), elector("replica-b")
+    start = dt.datetime.now(dt.UTC)
+    ahead = start + dt.timedelta(hours=1)  # the candidate's clock
+    second = dt.timedelta(seconds=1)
+
+    assert leader.try_acquire_or_renew(start), "a missing Lease is created by the first replica"
+    assert _holder(kube, namespace) == "replica-a"
+    assert not candidate.try_acquire_or_renew(ahead), "an hour-old renewTime is not a dead leader"
+    assert leader.try_acquire_or_renew(start + second), "the leader renews"
+    assert not candidate.try_acquire_or_renew(ahead + (LEASE_SECONDS + 1) * second), (
+        "a renewal seen since resets the candidate's count"
+    )
+    assert not candidate.try_acquire_or_renew(ahead + (2 * LEASE_SECONDS) * second), (
+        "not yet a full lease since the candidate saw the renewal"
+    )
+    assert candidate.try_acquire_or_renew(ahead + (2 * LEASE_SECONDS + 1) * second), (
+        "the Lease went a full lease without renewal, on the candidate's clock: taken over"
+    )
+    assert _holder(kube, namespace) == "replica-b"
+    assert not leader.try_acquire_or_renew(start + 2 * second), "the old leader stands down"
+    assert not leader.is_leader

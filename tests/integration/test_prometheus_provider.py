@@ -8,7 +8,9 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,11 +27,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class NoSecrets:
-    bearer_token: str | None = None
-    ca_bundle_path: str | None = None
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -37,33 +34,46 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("prometheus")
+def start_prometheus(workdir: Path, web_config: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """A real Prometheus with no targets (over TLS when ``web_config`` says so), once ready."""
     (workdir / "prometheus.yml").write_text("global: {scrape_interval: 5s}\nscrape_configs: []\n")
     port = _free_port()
-    process = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}",
-         f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    command = [PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}",
+               f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"]
+    if web_config is not None:
+        command.append(f"--web.config.file={web_config}")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"{'https' if web_config else 'http'}://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
-            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/-/ready", timeout=1, verify=False).status_code == 200:
                 break
         except httpx.HTTPError:
             pass
-        assert time.monotonic() < deadline, "Prometheus did not become ready in 30 s"
+        if time.monotonic() > deadline:
+            process.terminate()
+            raise AssertionError("Prometheus did not become ready in 30 s")
         time.sleep(0.1)  # polling a readiness condition with a deadline
+    return process, url
+
+
+@pytest.fixture(scope="module")
+def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    process, url = start_prometheus(tmp_path_factory.mktemp("prometheus"))
     yield url
     process.terminate()
     process.wait(timeout=10)
 
 
-def _provider(address: str) -> PrometheusProvider:
-    return PrometheusProvider(s.PrometheusProvider(address=address, timeout="2s"), NoSecrets())
+@dataclass(frozen=True)
+class Secrets:
+    bearer_token: str | None = None
+    ca_bundle_path: str | None = None
+
+
+def _provider(address: str, secrets: Secrets = Secrets(), **settings: Any) -> PrometheusProvider:
+    return PrometheusProvider(s.PrometheusProvider(address=address, timeout="2s", **settings), secrets)
 
 
 def test_one_series_is_a_measurement(prometheus_url: str) -> None:
@@ -114,3 +124,49 @@ def test_every_builtin_query_is_valid_promql(tmp_path: Path) -> None:
     checked = subprocess.run([PROMTOOL, "check", "rules", str(tmp_path / "rules.yaml")],
                              capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['plain-41ab98cd01', 'quo"te', 'back\\slash', 'new\nline', '"} or vector(2) or {x="'],
+    ids=["a plain revision", "a double quote", "a backslash", "a newline", "an injection attempt"],
+)
+def test_placeholders_reach_prometheus_as_the_exact_label_value(prometheus_url: str, value: str) -> None:
+    """Whatever a name or revision holds, Prometheus reads it as one string, unchanged."""
+    context = promql.QueryContext(value, "ml", value, "7c9f12ab34", "30s")
+    query = promql.render('label_replace(vector(1), "got", "{{revision}}", "", "")', context)
+    answer = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": query}, timeout=5).json()
+    assert answer["status"] == "success", answer
+    assert [series["metric"]["got"] for series in answer["data"]["result"]] == [value]
+
+
+@pytest.fixture(scope="module")
+def tls_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real Prometheus serving HTTPS with a self-signed certificate; yields (url, its CA)."""
+    workdir = tmp_path_factory.mktemp("prometheus-tls")
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    web_config = workdir / "web.yml"
+    web_config.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
+    process, url = start_prometheus(workdir, web_config)
+    yield url, cert
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test's certificate")
+def test_tls_is_verified_against_the_ca_bundle_or_skipped_only_when_asked(
+    tls_prometheus: tuple[str, Path],
+) -> None:
+    url, ca = tls_prometheus
+    unverified = asyncio.run(_provider(url).query("vector(1)"))
+    assert isinstance(unverified, QueryError) and "SSL" in unverified.reason, unverified
+    with_ca = asyncio.run(_provider(url, Secrets(ca_bundle_path=str(ca))).query("vector(1)"))
+    assert isinstance(with_ca, Measurement) and with_ca.value == 1
+    insecure = asyncio.run(_provider(url, insecureSkipVerify=True).query("vector(1)"))
+    assert isinstance(insecure, Measurement) and insecure.value == 1

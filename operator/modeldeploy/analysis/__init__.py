@@ -1,7 +1,11 @@
 """Analysis: is the canary healthy? Pure; the providers (adapters) do the measuring.
 
-For now this package holds the report types the engine consumes
-(:mod:`modeldeploy.analysis.report`); issue 5 adds the evaluation.
+- :mod:`~modeldeploy.analysis.presets`: the built-in metrics and per-service bundles,
+  merged with the resource's own metrics and rollback indicators;
+- :mod:`~modeldeploy.analysis.promql`: placeholders in queries, checked and filled safely;
+- :mod:`~modeldeploy.analysis.evaluate`: one round's measurements -> pass, fail or
+  inconclusive per metric, with the consecutive counts;
+- :mod:`~modeldeploy.analysis.report`: the report types the engine consumes.
 """
 
 from modeldeploy.analysis.report import AnalysisFailure, AnalysisReport, AnalysisRequest, Breach

@@ -1,8 +1,7 @@
 """What analysis tells the engine, and what the engine asks analysis to measure.
 
-These are the types only: issue 5 fills in the evaluation (threshold ranges,
-failure/inconclusive counting, presets, PromQL templating) and produces an
-:class:`AnalysisReport` per tick. The engine (:mod:`modeldeploy.engine`) reads a
+These are the types only: :mod:`modeldeploy.analysis.evaluate` produces an
+:class:`AnalysisReport` per round. The engine (:mod:`modeldeploy.engine`) reads a
 report and never measures anything itself.
 
 Contract between the two:
@@ -11,7 +10,7 @@ Contract between the two:
   the providers, and hands the engine the resulting report in
   ``Observation.analysis``.
 - ``consecutive_passes`` counts from ``AnalysisRequest.since``: the engine clears
-  ``status.analysis`` whenever an analysis step starts, so the counters that issue 5
+  ``status.analysis`` whenever an analysis step starts, so the counters that evaluation
   keeps in :class:`~modeldeploy.spec.MetricStatus` restart per step, as Argo Rollouts
   starts a fresh AnalysisRun for each inline analysis step.
 - A report counts only for the revision it names, and only when it was measured

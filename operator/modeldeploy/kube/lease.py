@@ -9,6 +9,11 @@ Lease, the way client-go's leaderelection does it:
 - a replica takes the Lease when it is missing, or when its holder has not renewed it
   for ``lease_seconds`` (the holder died); every write carries the resourceVersion read,
   so of two replicas racing for an expired Lease exactly one wins (the other gets 409);
+- "not renewed for lease_seconds" is measured on this replica's own clock, from when
+  it last *saw* the Lease change (as client-go does), never by comparing the holder's
+  ``renewTime`` with the local clock: clocks that disagree between nodes cannot make
+  two leaders. So a replica that starts beside a live leader waits one full lease
+  before it may take an abandoned Lease;
 - a leader that fails to renew within ``lease_seconds`` stops acting on its own, before
   anyone else may take over, so two leaders never act at once.
 
@@ -37,14 +42,6 @@ def _micro(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _parse(stamp: Any) -> dt.datetime | None:
-    if isinstance(stamp, dt.datetime):
-        return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
-    if isinstance(stamp, str) and stamp:
-        return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    return None
-
-
 class LeaderElector:
     def __init__(
         self, api_client: ApiClient, namespace: str, name: str, identity: str, lease_seconds: int = 15
@@ -55,6 +52,8 @@ class LeaderElector:
         self.identity = identity
         self.lease_seconds = lease_seconds
         self._renewed_at: dt.datetime | None = None
+        # The Lease as last read (holder, renewTime, resourceVersion) and when, locally.
+        self._observed: tuple[tuple[Any, ...], dt.datetime] | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -79,9 +78,9 @@ class LeaderElector:
                               self.namespace, self.name)
             await asyncio.sleep(self.lease_seconds / 3)
 
-    def try_acquire_or_renew(self) -> bool:
-        """One attempt; True when we hold the Lease afterwards."""
-        now = _now()
+    def try_acquire_or_renew(self, now: dt.datetime | None = None) -> bool:
+        """One attempt; True when we hold the Lease afterwards (``now``: the local clock)."""
+        now = now or _now()
         spec = {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": self.lease_seconds,
@@ -100,9 +99,11 @@ class LeaderElector:
             }
             return self._write(lambda: self._api.create_namespaced_lease(self.namespace, body), now)
         holder = lease.spec.holder_identity
-        renewed = _parse(lease.spec.renew_time) or _parse(lease.spec.acquire_time)
+        record = (holder, lease.spec.renew_time, lease.metadata.resource_version)
+        if self._observed is None or self._observed[0] != record:
+            self._observed = (record, now)
         duration = lease.spec.lease_duration_seconds or self.lease_seconds
-        expired = renewed is None or now - renewed >= dt.timedelta(seconds=duration)
+        expired = not holder or now - self._observed[1] >= dt.timedelta(seconds=duration)
         if holder != self.identity and not expired:
             self._renewed_at = None
             return False

@@ -25,8 +25,11 @@ PROVIDERS: dict[str, ProviderFactory] = {}
 class ProviderSecrets(Protocol):
     """Secret material the shell read for a provider (bearer token, CA bundle)."""
 
-    bearer_token: str | None
-    ca_bundle_path: str | None
+    @property
+    def bearer_token(self) -> str | None: ...
+
+    @property
+    def ca_bundle_path(self) -> str | None: ...
 
 
 def register(key: str) -> Callable[[ProviderFactory], ProviderFactory]:

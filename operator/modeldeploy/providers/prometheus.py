@@ -62,12 +62,15 @@ class PrometheusProvider:
         headers = {"Authorization": f"Bearer {secrets.bearer_token}"} if secrets.bearer_token else None
         self._timeout = s.parse_duration(settings.timeout).total_seconds()
         session = requests.Session()
-        if secrets.ca_bundle_path and not settings.insecure_skip_verify:
+        # The client ignores disable_ssl when it is given a session: verification is the
+        # session's alone (off, a CA bundle from a Secret, or the system's CAs).
+        if settings.insecure_skip_verify:
+            session.verify = False
+        elif secrets.ca_bundle_path:
             session.verify = secrets.ca_bundle_path
         self._client = PrometheusConnect(
             url=settings.address,
             headers=headers,
-            disable_ssl=settings.insecure_skip_verify,
             # Retries are ours (bounded, no back-off sleeps in a worker thread).
             retry=Retry(total=0, connect=0, read=0, status=0),
             session=session,

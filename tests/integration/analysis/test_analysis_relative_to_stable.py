@@ -1,4 +1,9 @@
-"""An upstream slow for both tracks: a latency check relative to stable does not blame the canary."""
+"""A latency check relative to stable: blames the canary for its own slowness, not the upstream's.
+
+The control: the same check, the same slowness, but on the canary's model alone, fails
+the analysis and reverts; so the promotion above is the relative check at work, not a
+check that always passes.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from analysis_support import (
     SONG_V1,
     SONG_V2,
     apply,
+    condition,
     metric_status,
     song_analyzer,
     wait_canary,
@@ -76,3 +82,34 @@ def test_a_canary_is_promoted_when_the_upstream_is_slow_for_both_tracks(
     # Slow, but every answer was a success.
     ok = [r for r in responses if r.ok]
     assert ok and len(ok) == len(responses), TrafficGenerator.statuses(responses)
+
+
+def test_a_canary_slow_on_its_own_fails_the_same_relative_check(
+    sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess,
+    upstream: FakeUpstreamClient,
+) -> None:
+    def manifest(model: str, tag: str) -> dict[str, Any]:
+        return song_analyzer(NAME, namespace, sandbox, model=model, tag=tag,
+                             metrics=RELATIVE_LATENCY)
+
+    apply(manifest(SONG_V1, "1.0.0"), sandbox)
+    stable = wait_stable(kube, namespace, NAME)
+    upstream.set_fault(SONG_V2, latency_s=SLOW_S)
+    url = sandbox.service_url(namespace, NAME) + "/analyze"
+    with TrafficGenerator(url, body=song_request, rate=8, concurrency=16, max_seconds=180,
+                          timeout_s=15):
+        apply(manifest(SONG_V2, "1.1.0"), sandbox)
+        canary = wait_canary(kube, namespace, NAME, stable)
+        done = wait_status(
+            kube, namespace, NAME,
+            lambda s: s.get("phase") == "RolledBack" or s.get("stableRevision") == canary,
+            what="the slow canary judged", timeout=120,
+        )
+
+    assert done["phase"] == "RolledBack", done.get("message")
+    assert done["stableRevision"] == stable
+    assert condition(done, "Degraded")["reason"] == "AnalysisFailed"
+    assert "latency-p95" in done["message"] and "stable" in done["message"], done["message"]
+    latency = metric_status(done, "latency-p95")
+    assert latency["verdict"] == "Fail"
+    assert latency["value"] >= SLOW_S > 2 * latency["stableValue"]

@@ -143,6 +143,20 @@ def test_a_watch_resumes_from_a_list_resource_version(client: httpx.Client, ns: 
         ("ADDED", "1"), ("MODIFIED", "2")]
 
 
+def test_a_watch_from_a_compacted_resource_version_is_an_expired_error_event(
+    client: httpx.Client, ns: str,
+) -> None:
+    """As after an etcd compaction: HTTP 200, one ERROR event with a 410 Status; relist."""
+    url = CONFIGMAPS.format(ns=ns)
+    events = WatchStream(client, f"{url}?watch=1&resourceVersion=1&timeoutSeconds=2")
+    got = events.join()
+    assert events.status == 200
+    assert [e["type"] for e in got] == ["ERROR"]
+    status = got[0]["object"]
+    assert (status["kind"], status["code"], status["reason"]) == ("Status", 410, "Expired")
+    assert status["message"].startswith("too old resource version: 1 (")
+
+
 def test_a_watch_without_resource_version_starts_with_the_current_objects(
     client: httpx.Client, ns: str,
 ) -> None:
@@ -288,6 +302,26 @@ def test_a_stale_update_of_a_builtin_is_a_conflict(client: httpx.Client, ns: str
     answer = client.put(f"{url}/c", json={**stale, "data": {"a": "2"}})
     assert answer.status_code == 409
     assert answer.json()["reason"] == "Conflict"
+
+
+def test_json_patch_applies_its_operations_in_order_or_none_of_them(
+    client: httpx.Client, ns: str,
+) -> None:
+    url = CONFIGMAPS.format(ns=ns)
+    client.post(url, json={"metadata": {"name": "j"}, "data": {"a": "1", "b": "2"}})
+    json_patch = {"Content-Type": "application/json-patch+json"}
+    ops = [{"op": "test", "path": "/data/a", "value": "1"},
+           {"op": "replace", "path": "/data/a", "value": "10"},
+           {"op": "add", "path": "/data/c", "value": "3"},
+           {"op": "remove", "path": "/data/b"}]
+    patched = client.patch(f"{url}/j", content=json.dumps(ops), headers=json_patch)
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["data"] == {"a": "10", "c": "3"}
+    failing = [{"op": "replace", "path": "/data/a", "value": "99"},
+               {"op": "test", "path": "/data/a", "value": "1"}]
+    refused = client.patch(f"{url}/j", content=json.dumps(failing), headers=json_patch)
+    assert refused.status_code == 422 and refused.json()["reason"] == "Invalid", refused.text
+    assert client.get(f"{url}/j").json()["data"] == {"a": "10", "c": "3"}, "nothing applied"
 
 
 def test_scale_subresource_sets_replicas(client: httpx.Client, ns: str) -> None:

@@ -263,7 +263,6 @@ def test_ha_mode_runs_replicas_that_elect_a_leader_on_a_lease(monkeypatch: pytes
     assert config.lease_namespace == NAMESPACE, "the Lease lives in the release namespace"
     assert config.lease_seconds == 15
     assert config.identity == POD["metadata.name"], "each replica holds the Lease as its pod"
-    assert config.peering_name is None
 
 
 def test_ha_lease_settings_and_replicas_come_from_values(monkeypatch: pytest.MonkeyPatch) -> None:
