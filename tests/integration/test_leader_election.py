@@ -100,12 +100,11 @@ def test_one_replica_leads_and_another_takes_over_when_it_dies(
 
 
 @pytest.fixture
-def api_client(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The operator's own kubernetes client, configured from the sandbox's kubeconfig."""
-    from modeldeploy.kube.client import load_api_client
+def api_client(sandbox: Sandbox) -> Iterator[Any]:
+    """A kubernetes client of the sandbox's API server, from its kubeconfig."""
+    import kubernetes
 
-    monkeypatch.setenv("KUBECONFIG", sandbox.kubeconfig)
-    client = load_api_client()
+    client = kubernetes.config.new_client_from_config(config_file=str(sandbox.kubeconfig))
     yield client
     client.close()
 
