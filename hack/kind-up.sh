@@ -58,7 +58,10 @@ else
 fi
 for svc in "${services[@]}"; do
   [[ -f "workloads/${svc}/Dockerfile" ]] || die "workloads/${svc}/Dockerfile does not exist"
-  docker build -f "workloads/${svc}/Dockerfile" -t "modeldeploy/${svc}:${tag}" .
+  build_args=()
+  # kind nodes have no GPUs: textgen's CPU-only torch instead of several GB of CUDA.
+  [[ "$svc" == textgen ]] && build_args+=(--build-arg "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu")
+  docker build "${build_args[@]}" -f "workloads/${svc}/Dockerfile" -t "modeldeploy/${svc}:${tag}" .
   images+=("modeldeploy/${svc}:${tag}")
 done
 kind load docker-image --name "$cluster" "${images[@]}"
