@@ -3,7 +3,12 @@
 An image ``[registry/]modeldeploy/<service>:<tag>`` runs as ``python -m <package>``
 (``IMAGES`` below), with the container's env (``value``, ``valueFrom``
 configMapKeyRef/secretKeyRef/fieldRef, ``envFrom`` configMapRef/secretRef), then
-``PORT`` (a free local port), ``HOST=127.0.0.1`` and ``APP_VERSION=<tag>``. Any other
+``PORT`` (a free local port), ``HOST=127.0.0.1`` and ``APP_VERSION=<tag>``. As a real
+kubelet does (unless ``enableServiceLinks: false``), each Service of the namespace that
+exists when the container starts gives ``<NAME>_SERVICE_HOST`` and ``<NAME>_SERVICE_PORT``
+(and ``<NAME>_SERVICE_PORT_<PORTNAME>``), usable in ``$(VAR)`` expansion: here the host
+is 127.0.0.1 and the port is the Service's local data-plane port, so a manifest that
+reaches a Service through them works the same on a cluster and in the sandbox. Any other
 image leaves the pod Pending with the waiting reason ErrImagePull (then
 ImagePullBackOff), as a missing image does; a missing ConfigMap/Secret key gives
 CreateContainerConfigError. Nothing crashes the kubelet.
@@ -484,9 +489,30 @@ class Kubelet:
             probe.get("initialDelaySeconds", 0)
         )
 
+    async def _service_links(self, pod: JSON) -> dict[str, str]:
+        """The Service environment variables a kubelet gives a container at its start."""
+        if (pod.get("spec") or {}).get("enableServiceLinks") is False:
+            return {}
+        namespace = pod["metadata"]["namespace"]
+        listed = await self.client.get(f"/api/v1/namespaces/{namespace}/services") or {}
+        links: dict[str, str] = {}
+        for service in listed.get("items") or []:
+            ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+            published = (ingress[0].get("ports") or []) if ingress else []
+            if not published:
+                continue  # the data plane has not given it a port yet
+            prefix = service["metadata"]["name"].upper().replace("-", "_")
+            port = str(published[0]["port"])
+            links[f"{prefix}_SERVICE_HOST"] = "127.0.0.1"
+            links[f"{prefix}_SERVICE_PORT"] = port
+            for spec_port in (service.get("spec") or {}).get("ports") or []:
+                if spec_port.get("name"):
+                    links[f"{prefix}_SERVICE_PORT_{spec_port['name'].upper().replace('-', '_')}"] = port
+        return links
+
     async def _container_env(self, pod: JSON, spec: JSON) -> dict[str, str]:
         namespace = pod["metadata"]["namespace"]
-        env: dict[str, str] = {}
+        env: dict[str, str] = await self._service_links(pod)
         for source in spec.get("envFrom") or []:
             prefix = source.get("prefix", "")
             if "configMapRef" in source:

@@ -4,6 +4,11 @@ The cluster is the one `KUBECONFIG` points at, or else the kind cluster `hack/ki
 created (`KIND_CLUSTER`, default `modeldeploy`). Either must already have the modeldeploy chart
 installed (hack/kind-up.sh does it). Where there is no cluster, every test here is collected and
 skipped with a reason that names what is missing.
+
+Why not pytest-kind: its cluster fixture downloads kind and kubectl binaries at run time
+(pinned to kind v0.17) and creates a bare cluster, while these scenarios need the images,
+Prometheus and the chart that hack/kind-up.sh installs. So the tier uses the `kind` CLI that
+script uses, only to find the cluster and its kubeconfig.
 """
 
 from __future__ import annotations

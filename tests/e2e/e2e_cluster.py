@@ -24,6 +24,7 @@ class Cluster:
     """A cluster reached through one kubeconfig."""
 
     def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig = kubeconfig
         self.api = config.new_client_from_config(config_file=str(kubeconfig))
         self.core = client.CoreV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
@@ -94,6 +95,22 @@ class Cluster:
             GROUP, VERSION, namespace, PLURAL, name, body
         )
         return replaced
+
+    def replace_model_deployment_spec(self, namespace: str, name: str, spec: Body) -> Body:
+        """Put a whole spec back, as `kubectl apply` of an older manifest (a git revert) does."""
+        body = self.get_model_deployment(namespace, name)
+        body["spec"] = spec
+        replaced: Body = self.custom.replace_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, body
+        )
+        return replaced
+
+    def deployments_of(self, namespace: str, name: str) -> dict[str, Any]:
+        """The Deployments a ModelDeployment owns, by revision."""
+        listed = self.apps.list_namespaced_deployment(
+            namespace, label_selector=f"modeldeploy.io/name={name}"
+        )
+        return {d.metadata.labels["modeldeploy.io/revision"]: d for d in listed.items}
 
     def wait_for_model_deployment(
         self, namespace: str, name: str, predicate: Callable[[Body], bool], timeout_s: int = 600

@@ -1,5 +1,8 @@
-"""The two rollouts every user relies on, on a real cluster: a healthy new revision is promoted
-to stable, and a new revision whose upstream fails is rolled back on its own.
+"""The integration tier's rollout scenarios, on a real cluster: a healthy new revision is
+promoted to stable; a new revision whose upstream fails is rolled back on its own; `modeldeploy
+abort` puts all traffic back on stable and `retry` starts again; re-applying the previous
+template (a git revert) is rolled out as known-good; a spec only the operator can refuse is
+reported in status and touches nothing running.
 
 The service is the song analyzer (examples/song-analyzer.yaml, adjusted to the test namespace),
 talking to the fake OpenAI-compatible upstream deployed next to it; a "bad" revision switches
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +84,10 @@ def song_analyzer(namespace: str, model: str) -> Body:
     container["image"] = SERVICE_IMAGE
     env = {e["name"]: e for e in container.get("env", [])}
     env["LLM_MODEL"] = {"name": "LLM_MODEL", "value": model}
-    env["LLM_API_BASE_URL"] = {"name": "LLM_API_BASE_URL", "value": f"http://{UPSTREAM}.{namespace}:8080/v1"}
+    # The Service's link variables, which every kubelet gives a pod (no DNS name needed).
+    link = UPSTREAM.upper()
+    env["LLM_API_BASE_URL"] = {"name": "LLM_API_BASE_URL",
+                               "value": f"http://$({link}_SERVICE_HOST):$({link}_SERVICE_PORT)/v1"}
     env["LLM_TIMEOUT"] = {"name": "LLM_TIMEOUT", "value": "10"}
     env["OPENAI_API_KEY"] = {"name": "OPENAI_API_KEY", "value": "not-set"}
     container["env"] = list(env.values())
@@ -164,3 +172,83 @@ def test_a_new_revision_whose_upstream_fails_is_rolled_back_on_its_own(
     assert status["history"][0]["outcome"] == "RolledBack"
     assert status["history"][0]["reason"], "a rollback says why"
     assert not status.get("canaryWeight"), "no traffic may stay on the rolled-back canary"
+
+
+def modeldeploy(cluster: Cluster, namespace: str, *args: str) -> str:
+    """The `modeldeploy` CLI, as a user runs it against the cluster."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "modeldeploy"), "-n", namespace, *args],
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout
+
+
+def test_abort_puts_all_traffic_on_stable_and_retry_starts_again(
+    cluster: Cluster, namespace: str, stable_song_analyzer: Body
+) -> None:
+    old = stable_song_analyzer["status"]["stableRevision"]
+    cluster.update_container_env(namespace, NAME, {"LLM_MODEL": "ft:songs:v2"})
+    paused = cluster.wait_for_model_deployment(
+        namespace, NAME,
+        lambda o: phase(o) == "Paused" and bool((o.get("status") or {}).get("canaryRevision")),
+    )
+    canary = paused["status"]["canaryRevision"]
+    modeldeploy(cluster, namespace, "abort", NAME)
+    aborted = cluster.wait_for_model_deployment(namespace, NAME, lambda o: phase(o) == "Degraded")
+    assert aborted["status"]["stableRevision"] == old
+    assert not aborted["status"].get("canaryWeight")
+    assert cluster.deployments_of(namespace, NAME)[canary].spec.replicas == 0
+
+    modeldeploy(cluster, namespace, "retry", NAME)
+    done = cluster.wait_for_model_deployment(
+        namespace, NAME, lambda o: settled(o) and o["status"].get("stableRevision") == canary
+    )
+    assert phase(done) == "Succeeded", done.get("status")
+
+
+def test_reapplying_the_previous_template_is_rolled_out_as_known_good(
+    cluster: Cluster, namespace: str, stable_song_analyzer: Body
+) -> None:
+    first_spec = stable_song_analyzer["spec"]
+    old = stable_song_analyzer["status"]["stableRevision"]
+    cluster.update_container_env(namespace, NAME, {"LLM_MODEL": "ft:songs:v2"})
+    second = cluster.wait_for_model_deployment(
+        namespace, NAME, lambda o: settled(o) and o["status"].get("stableRevision") != old
+    )
+    assert phase(second) == "Succeeded", second.get("status")
+
+    cluster.replace_model_deployment_spec(namespace, NAME, first_spec)
+    reverted = cluster.wait_for_model_deployment(
+        namespace, NAME, lambda o: settled(o) and o["status"].get("stableRevision") == old
+    )
+    entry = reverted["status"]["history"][0]
+    assert (entry["revision"], entry["outcome"]) == (old, "Promoted")
+    assert "known-good" in entry["reason"], entry
+
+
+def test_a_spec_only_the_operator_can_refuse_is_reported_and_touches_nothing(
+    cluster: Cluster, namespace: str, stable_song_analyzer: Body
+) -> None:
+    old = stable_song_analyzer["status"]["stableRevision"]
+    running = cluster.deployments_of(namespace, NAME)[old]
+    spec = copy.deepcopy(stable_song_analyzer["spec"])
+    spec["template"]["spec"]["containers"][0]["image"] = f"{SERVICE_IMAGE}-never-pulled"
+    spec["analysis"]["metrics"] = [{
+        "name": "per-pod", "query": 'sum(rate(model_requests_total{pod="{{pod}}"}[1m]))',
+        "thresholdRange": {"max": 1},
+    }]
+    cluster.replace_model_deployment_spec(namespace, NAME, spec)
+
+    def refused(obj: Body) -> bool:
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Ready" and c.get("reason") == "InvalidSpec"
+                   and c.get("observedGeneration") == obj["metadata"]["generation"]
+                   for c in conditions)
+
+    invalid = cluster.wait_for_model_deployment(namespace, NAME, refused)
+    ready = next(c for c in invalid["status"]["conditions"] if c["type"] == "Ready")
+    assert "{{pod}}" in ready["message"], ready
+    assert invalid["status"]["stableRevision"] == old
+    after = cluster.deployments_of(namespace, NAME)
+    assert list(after) == [old], "no new revision was created"
+    assert after[old].metadata.generation == running.metadata.generation, "stable untouched"

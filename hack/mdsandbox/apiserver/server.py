@@ -2,7 +2,10 @@
 
 Routes are parsed by hand from the path, as kube-apiserver's request-info resolver
 does: ``/api/v1[/namespaces/<ns>]/<plural>[/<name>[/<subresource>]]`` and the same
-under ``/apis/<group>/<version>``, plus the legacy ``/watch/`` prefix. Responses are
+under ``/apis/<group>/<version>``, plus the legacy ``/watch/`` prefix, and the Service
+proxy ``/api/v1/namespaces/<ns>/services/[<scheme>:]<name>[:<port>]/proxy/<path>``
+(how the e2e tier reaches a Service from outside a cluster), which forwards to the
+local port the sandbox's data plane publishes for that Service. Responses are
 always JSON (protobuf and ``as=Table`` are not offered; clients fall back). There is
 no authentication or authorisation: every request is allowed, and the audit log
 (one JSON line per request) records who asked for what, so the operator's RBAC can be
@@ -14,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import aiohttp
 import yaml
 from aiohttp import web
 
@@ -49,6 +54,12 @@ AUDITED_KEY = web.RequestKey("audited", bool)
 GC_WAKE_KEY = web.AppKey("gc_wake", asyncio.Event)
 GC_TASK_KEY: web.AppKey[asyncio.Task[None]] = web.AppKey("gc_task")
 NOT_FOUND_BODY = APIError(404, "NotFound", "the server could not find the requested resource", {})
+
+
+SERVICE_PROXY = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/services/(?P<ref>[^/]+)/proxy(?P<path>/.*)?$")
+# Hop-by-hop and length headers are the proxy's own, never forwarded.
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
+               "upgrade", "proxy-connection", "te", "trailer", "content-encoding"}
 
 
 @dataclass
@@ -146,6 +157,9 @@ class _Handlers:
     # -- routing --------------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        proxied = SERVICE_PROXY.match(request.path)
+        if proxied is not None:
+            return await self._proxy_service(request, proxied)
         path = request.path.rstrip("/") or "/"
         discovery = self._discovery(path)
         if discovery is not None:
@@ -254,6 +268,38 @@ class _Handlers:
         if self.cluster.gc_needed:  # a write left something for the collector
             self._wake_gc(request)
         return response
+
+    async def _proxy_service(self, request: web.Request, match: re.Match[str]) -> web.StreamResponse:
+        """services/proxy: the request, forwarded to the Service's published local port."""
+        namespace, ref = match["ns"], match["ref"]
+        parts = ref.split(":")
+        name = parts[1] if len(parts) == 3 else parts[0]  # [scheme:]name[:port]
+        verb = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete"}.get(request.method, request.method.lower())
+        request[INFO_KEY] = RequestInfo("", "v1", "services", namespace, name, "proxy", False, verb)
+        rt = self.cluster.registry.get("", "v1", "services")
+        assert rt is not None
+        service = self.cluster.get(rt, namespace, name)  # 404 NotFound as for a GET
+        ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        ports = (ingress[0].get("ports") or []) if ingress else []
+        if not ports:
+            raise APIError(503, "ServiceUnavailable",
+                           f'no endpoints available for service "{name}"', {})
+        target = f"http://127.0.0.1:{ports[0]['port']}{match['path'] or '/'}"
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        timeout = aiohttp.ClientTimeout(total=600)  # model services are slow
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
+                request.method, target, params=request.query, headers=headers,
+                data=await request.read(), allow_redirects=False,
+            ) as upstream:
+                body = await upstream.read()
+                kept = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
+                return web.Response(status=upstream.status, body=body, headers=kept)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise APIError(503, "ServiceUnavailable",
+                           f"error trying to reach service: {type(error).__name__}: {error}",
+                           {}) from None
 
     @staticmethod
     def _verb(method: str, info: RequestInfo, query: dict[str, str]) -> str:

@@ -230,6 +230,34 @@ def test_the_process_gets_the_container_env_and_the_sandbox_port(
     assert (env["HOST"], env["APP_VERSION"]) == ("127.0.0.1", "test")
 
 
+def process_env(pod: JSON) -> dict[str, str]:
+    raw = Path(f"/proc/{container_pid(pod)}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+
+def test_services_reach_a_container_as_service_link_variables_as_on_a_cluster(
+    sandbox: Sandbox, kube: KubeAPI, namespace: str
+) -> None:
+    """``$(UPSTREAM_SERVICE_HOST):$(UPSTREAM_SERVICE_PORT)`` reaches the Service, as on a cluster."""
+    kube.create(deployment("upstream", namespace, replicas=1))
+    kube.create(service("upstream", namespace, {"app": "upstream"}))
+    wait_deployment_ready(kube, namespace, "upstream", 1)
+    upstream_url = sandbox.service_url(namespace, "upstream")  # waits for the data plane
+    url = "http://$(UPSTREAM_SERVICE_HOST):$(UPSTREAM_SERVICE_PORT)/v1"
+    kube.create(deployment("client", namespace, replicas=1,
+                           container={"env": [{"name": "BASE_URL", "value": url}]}))
+    unlinked_manifest = deployment("unlinked", namespace, replicas=1)
+    unlinked_manifest["spec"]["template"]["spec"]["enableServiceLinks"] = False
+    kube.create(unlinked_manifest)
+
+    linked = process_env(wait_deployment_ready(kube, namespace, "client", 1)[0])
+    assert linked["UPSTREAM_SERVICE_HOST"] == "127.0.0.1"
+    assert linked["BASE_URL"] == f"{upstream_url}/v1"
+    assert httpx.get(f"{upstream_url}/health", timeout=5).status_code == 200
+    unlinked = process_env(wait_deployment_ready(kube, namespace, "unlinked", 1)[0])
+    assert "UPSTREAM_SERVICE_HOST" not in unlinked
+
+
 def test_a_new_template_rolls_out_a_new_replicaset_and_scales_the_old_one_to_zero(
     kube: KubeAPI, namespace: str
 ) -> None:

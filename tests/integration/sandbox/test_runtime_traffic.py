@@ -89,3 +89,27 @@ def test_a_service_without_ready_pods_answers_503(
 
     assert resp.status_code == 503
     assert "no ready pods" in resp.json()["error"]["message"]
+
+
+def test_the_api_servers_service_proxy_reaches_the_pods_as_on_a_cluster(
+    sandbox: Sandbox, kube: KubeAPI, namespace: str
+) -> None:
+    """``/api/v1/namespaces/<ns>/services/<name>:<port>/proxy/<path>``, which tools (and the
+    e2e tier) use to reach a Service from outside, forwards method, path, query and body."""
+    kube.create(deployment("proxied", namespace, replicas=1, labels={"app": "proxied"}))
+    kube.create(service("proxied", namespace, {"app": "proxied"}))
+    wait_deployment_ready(kube, namespace, "proxied", 1)
+    base = f"/api/v1/namespaces/{namespace}/services"
+
+    health = kube.http.get(f"{base}/proxied:80/proxy/health")
+    assert health.status_code == 200, health.text
+    assert health.headers[POD_HEADER].startswith(f"{namespace}/proxied-")
+    for ref in ("proxied", "http:proxied:80"):  # name alone, or scheme:name:port
+        assert kube.http.get(f"{base}/{ref}/proxy/health").status_code == 200
+    chat = kube.http.post(f"{base}/proxied:80/proxy/v1/chat/completions", json={
+        "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]})
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["choices"][0]["message"]["content"]
+
+    missing = kube.http.get(f"{base}/nothing-here:80/proxy/health")
+    assert missing.status_code == 404 and missing.json()["reason"] == "NotFound"
