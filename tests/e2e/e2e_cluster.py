@@ -4,7 +4,7 @@ traffic sent through the API server's service proxy. Nothing here knows the loca
 
 from __future__ import annotations
 
-import json
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
@@ -125,23 +126,36 @@ class Cluster:
 
     # -- traffic through the API server's service proxy -----------------------------------
 
+    def _http(self) -> httpx.Client:
+        """An HTTP client with the kubeconfig's server, credentials and CA.
+
+        Built from the kubernetes client's resolved configuration rather than its
+        ``call_api``, whose signature changed between client versions.
+        """
+        conf = self.api.configuration
+        headers = {"Accept": "application/json"}
+        token = conf.get_api_key_with_prefix("authorization") or conf.get_api_key_with_prefix("BearerToken")
+        if token:
+            headers["Authorization"] = token
+        verify: Any = conf.ssl_ca_cert or conf.verify_ssl
+        cert = (conf.cert_file, conf.key_file) if conf.cert_file else None
+        return httpx.Client(base_url=conf.host, headers=headers, verify=verify, cert=cert, timeout=60)
+
     def proxy(
-        self, namespace: str, service: str, port: str, method: str, path: str, body: Body | None = None
+        self, namespace: str, service: str, port: str, method: str, path: str,
+        body: Body | None = None, http: httpx.Client | None = None,
     ) -> int:
-        """One HTTP request to a Service through the API server; returns the status code."""
-        try:
-            response = self.api.call_api(
-                f"/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy/{path}",
-                method,
-                header_params={"Content-Type": "application/json", "Accept": "application/json"},
-                body=json.dumps(body) if body is not None else None,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=60,
-            )
-            return int(response[1])
-        except ApiException as error:
-            return int(error.status)
+        """One HTTP request to a Service through the API server; returns the status code
+        (0 when nothing answered). ``http``: a client to reuse, e.g. one per traffic worker."""
+        with contextlib.nullcontext(http) if http is not None else self._http() as client_:
+            try:
+                response = client_.request(
+                    method, f"/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy/{path}",
+                    json=body,
+                )
+            except httpx.HTTPError:
+                return 0
+            return response.status_code
 
     @contextmanager
     def traffic(
@@ -153,10 +167,11 @@ class Cluster:
 
         def send() -> None:
             n = 0
-            while not stop.is_set():
-                n += 1
-                code = self.proxy(namespace, service, port, "POST", path, make_body(n))
-                counts[code] = counts.get(code, 0) + 1
+            with self._http() as http:
+                while not stop.is_set():
+                    n += 1
+                    code = self.proxy(namespace, service, port, "POST", path, make_body(n), http)
+                    counts[code] = counts.get(code, 0) + 1
 
         workers = [threading.Thread(target=send, daemon=True) for _ in range(2)]
         for worker in workers:

@@ -34,6 +34,11 @@ SERVICE_IMAGE = f"modeldeploy/song-analyzer:{TAG}"
 UPSTREAM_IMAGE = os.environ.get("E2E_FAKEUPSTREAM_IMAGE", SERVICE_IMAGE)
 PROMETHEUS = os.environ.get("E2E_PROMETHEUS", "http://prometheus-operated.monitoring:9090")
 UPSTREAM = "fakeupstream"
+# Fine-tunes of gpt-4o-mini, as the service's price table knows them: an unpriced model would
+# leave cost-per-request without data, and the rollout paused as inconclusive.
+SONGS_V1, SONGS_V2, SONGS_BROKEN = (
+    f"ft:gpt-4o-mini-2024-07-18:e2e:songs:{v}" for v in ("v1", "v2", "broken")
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -129,7 +134,7 @@ def stable_song_analyzer(cluster: Cluster, namespace: str) -> Body:
     """The fake upstream and a song analyzer whose first revision is stable."""
     cluster.create_deployment_and_service(namespace, *fake_upstream(namespace))
     cluster.wait_for_deployment_ready(namespace, UPSTREAM)
-    cluster.create_model_deployment(song_analyzer(namespace, model="ft:songs:v1"))
+    cluster.create_model_deployment(song_analyzer(namespace, model=SONGS_V1))
     first = cluster.wait_for_model_deployment(namespace, NAME, settled)
     assert phase(first) == "Succeeded", first.get("status")
     assert first["status"]["stableRevision"]
@@ -141,7 +146,7 @@ def test_a_healthy_new_revision_is_promoted_to_stable(
 ) -> None:
     old = stable_song_analyzer["status"]["stableRevision"]
     with cluster.traffic(namespace, NAME, "http", "analyze", song) as answers:
-        cluster.update_container_env(namespace, NAME, {"LLM_MODEL": "ft:songs:v2"})
+        cluster.update_container_env(namespace, NAME, {"LLM_MODEL": SONGS_V2})
         done = cluster.wait_for_model_deployment(namespace, NAME, settled)
     status = done["status"]
     assert phase(done) == "Succeeded", status
@@ -159,12 +164,12 @@ def test_a_new_revision_whose_upstream_fails_is_rolled_back_on_its_own(
         UPSTREAM,
         "http",
         "PUT",
-        "admin/faults/ft:songs:broken",
+        f"admin/faults/{SONGS_BROKEN}",
         {"error_rate": 1.0, "status_code": 500},
     )
     assert code == 200, "the fake upstream refused the fault"
     with cluster.traffic(namespace, NAME, "http", "analyze", song):
-        cluster.update_container_env(namespace, NAME, {"LLM_MODEL": "ft:songs:broken"})
+        cluster.update_container_env(namespace, NAME, {"LLM_MODEL": SONGS_BROKEN})
         done = cluster.wait_for_model_deployment(namespace, NAME, settled)
     status = done["status"]
     assert phase(done) == "RolledBack", status
@@ -187,7 +192,7 @@ def test_abort_puts_all_traffic_on_stable_and_retry_starts_again(
     cluster: Cluster, namespace: str, stable_song_analyzer: Body
 ) -> None:
     old = stable_song_analyzer["status"]["stableRevision"]
-    cluster.update_container_env(namespace, NAME, {"LLM_MODEL": "ft:songs:v2"})
+    cluster.update_container_env(namespace, NAME, {"LLM_MODEL": SONGS_V2})
     paused = cluster.wait_for_model_deployment(
         namespace, NAME,
         lambda o: phase(o) == "Paused" and bool((o.get("status") or {}).get("canaryRevision")),
@@ -211,7 +216,7 @@ def test_reapplying_the_previous_template_is_rolled_out_as_known_good(
 ) -> None:
     first_spec = stable_song_analyzer["spec"]
     old = stable_song_analyzer["status"]["stableRevision"]
-    cluster.update_container_env(namespace, NAME, {"LLM_MODEL": "ft:songs:v2"})
+    cluster.update_container_env(namespace, NAME, {"LLM_MODEL": SONGS_V2})
     second = cluster.wait_for_model_deployment(
         namespace, NAME, lambda o: settled(o) and o["status"].get("stableRevision") != old
     )

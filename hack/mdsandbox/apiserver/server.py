@@ -489,7 +489,12 @@ class _Handlers:
                 now = time.monotonic()
                 if now >= deadline:
                     break
-                wait = min(deadline, next_bookmark, now + DISCONNECT_CHECK_SECONDS) - now
+                # A watch without bookmarks has no bookmark time to wake for: counting one
+                # would, once it passed, make every wait zero and starve the queue.
+                wake = min(deadline, now + DISCONNECT_CHECK_SECONDS)
+                if bookmarks:
+                    wake = min(wake, next_bookmark)
+                wait = max(0.01, wake - now)
                 try:
                     pending = await asyncio.wait_for(watcher.queue.get(), wait)
                 except TimeoutError:

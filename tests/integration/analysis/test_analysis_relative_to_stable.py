@@ -35,16 +35,21 @@ SLOW_S = 1.2
 RELATIVE_LATENCY = [{"name": "latency-p95", "relativeToStable": {"maxRatio": 2.0}}]
 
 
+def manifest(sandbox: Sandbox, namespace: str, model: str, tag: str) -> dict[str, Any]:
+    return song_analyzer(NAME, namespace, sandbox, model=model, tag=tag, metrics=RELATIVE_LATENCY)
+
+
+def deploy_v1(sandbox: Sandbox, kube: KubeAPI, namespace: str) -> str:
+    """The first revision, stable; its revision."""
+    apply(manifest(sandbox, namespace, SONG_V1, "1.0.0"), sandbox)
+    return wait_stable(kube, namespace, NAME)
+
+
 def test_a_canary_is_promoted_when_the_upstream_is_slow_for_both_tracks(
     sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess,
     upstream: FakeUpstreamClient,
 ) -> None:
-    def manifest(model: str, tag: str) -> dict[str, Any]:
-        return song_analyzer(NAME, namespace, sandbox, model=model, tag=tag,
-                             metrics=RELATIVE_LATENCY)
-
-    apply(manifest(SONG_V1, "1.0.0"), sandbox)
-    stable = wait_stable(kube, namespace, NAME)
+    stable = deploy_v1(sandbox, kube, namespace)
     for model in (SONG_V1, SONG_V2):
         upstream.set_fault(model, latency_s=SLOW_S)
     url = sandbox.service_url(namespace, NAME) + "/analyze"
@@ -56,7 +61,7 @@ def test_a_canary_is_promoted_when_the_upstream_is_slow_for_both_tracks(
 
     with TrafficGenerator(url, body=song_request, rate=8, concurrency=16, max_seconds=180,
                           timeout_s=15) as traffic:
-        apply(manifest(SONG_V2, "1.1.0"), sandbox)
+        apply(manifest(sandbox, namespace, SONG_V2, "1.1.0"), sandbox)
         canary = wait_canary(kube, namespace, NAME, stable)
         both_slow = wait_status(
             kube, namespace, NAME,
@@ -88,17 +93,12 @@ def test_a_canary_slow_on_its_own_fails_the_same_relative_check(
     sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess,
     upstream: FakeUpstreamClient,
 ) -> None:
-    def manifest(model: str, tag: str) -> dict[str, Any]:
-        return song_analyzer(NAME, namespace, sandbox, model=model, tag=tag,
-                             metrics=RELATIVE_LATENCY)
-
-    apply(manifest(SONG_V1, "1.0.0"), sandbox)
-    stable = wait_stable(kube, namespace, NAME)
+    stable = deploy_v1(sandbox, kube, namespace)
     upstream.set_fault(SONG_V2, latency_s=SLOW_S)
     url = sandbox.service_url(namespace, NAME) + "/analyze"
     with TrafficGenerator(url, body=song_request, rate=8, concurrency=16, max_seconds=180,
                           timeout_s=15):
-        apply(manifest(SONG_V2, "1.1.0"), sandbox)
+        apply(manifest(sandbox, namespace, SONG_V2, "1.1.0"), sandbox)
         canary = wait_canary(kube, namespace, NAME, stable)
         done = wait_status(
             kube, namespace, NAME,

@@ -157,6 +157,20 @@ def test_a_watch_from_a_compacted_resource_version_is_an_expired_error_event(
     assert status["message"].startswith("too old resource version: 1 (")
 
 
+def test_a_watch_without_bookmarks_delivers_changes_after_a_bookmark_period_passed(
+    client: httpx.Client, ns: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A quiet watch must not stop delivering once the bookmark period is over (here at once)."""
+    from mdsandbox.apiserver import server as api_server
+
+    monkeypatch.setattr(api_server, "BOOKMARK_EVERY_SECONDS", 0.0)
+    url = CONFIGMAPS.format(ns=ns)
+    with WatchStream(client, f"{url}?watch=true&timeoutSeconds=20") as stream:
+        client.post(url, json={"metadata": {"name": "late"}})
+        events = stream.wait_events(1)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "late")]
+
+
 def test_a_watch_without_resource_version_starts_with_the_current_objects(
     client: httpx.Client, ns: str,
 ) -> None:

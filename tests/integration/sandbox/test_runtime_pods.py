@@ -209,6 +209,11 @@ ENV_SOURCES = [
 ]
 
 
+def process_env(pod: JSON) -> dict[str, str]:
+    raw = Path(f"/proc/{container_pid(pod)}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+
 @pytest.mark.parametrize("env_source", ENV_SOURCES)
 def test_the_process_gets_the_container_env_and_the_sandbox_port(
     kube: KubeAPI, namespace: str, env_source: JSON
@@ -223,16 +228,10 @@ def test_the_process_gets_the_container_env_and_the_sandbox_port(
 
     pod = wait_deployment_ready(kube, namespace, "web", 1)[0]
 
-    raw = Path(f"/proc/{container_pid(pod)}/environ").read_bytes()
-    env = dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+    env = process_env(pod)
     assert env["LLM_MODEL"] == "gpt-image-1"
     assert env["PORT"] == pod["metadata"]["annotations"][PORT_ANNOTATION]
     assert (env["HOST"], env["APP_VERSION"]) == ("127.0.0.1", "test")
-
-
-def process_env(pod: JSON) -> dict[str, str]:
-    raw = Path(f"/proc/{container_pid(pod)}/environ").read_bytes()
-    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
 
 
 def test_services_reach_a_container_as_service_link_variables_as_on_a_cluster(
