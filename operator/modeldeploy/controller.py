@@ -36,7 +36,7 @@ from modeldeploy import engine, metrics
 from modeldeploy import spec as s
 from modeldeploy.analysis_runner import AnalysisRunner
 from modeldeploy.kube import objects
-from modeldeploy.kube.client import KubeClient
+from modeldeploy.kube.client import KubeClient, NamespaceTerminating
 from modeldeploy.routing import router_for
 
 log = logging.getLogger("modeldeploy.controller")
@@ -215,6 +215,13 @@ class RolloutController:
         namespace, name = key
         try:
             requeue = await self.tick(namespace, name)
+        except NamespaceTerminating:
+            # Its namespace is going, and the ModelDeployment with it: nothing to rebuild.
+            # A watch event (e.g. the namespace deletion being stuck and the spec edited)
+            # schedules it again.
+            log.info("namespace %s is being deleted: %s/%s left alone", namespace, namespace, name)
+            self._due.pop(key, None)
+            requeue = None
         except Exception:
             log.exception("tick of %s/%s failed; retrying in %ss", namespace, name,
                           self._config.tick_seconds)

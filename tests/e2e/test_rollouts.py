@@ -204,10 +204,11 @@ def test_abort_puts_all_traffic_on_stable_and_retry_starts_again(
     assert not aborted["status"].get("canaryWeight")
     assert cluster.deployments_of(namespace, NAME)[canary].spec.replicas == 0
 
-    modeldeploy(cluster, namespace, "retry", NAME)
-    done = cluster.wait_for_model_deployment(
-        namespace, NAME, lambda o: settled(o) and o["status"].get("stableRevision") == canary
-    )
+    with cluster.traffic(namespace, NAME, "http", "analyze", song):  # analysis needs traffic
+        modeldeploy(cluster, namespace, "retry", NAME)
+        done = cluster.wait_for_model_deployment(
+            namespace, NAME, lambda o: settled(o) and o["status"].get("stableRevision") == canary
+        )
     assert phase(done) == "Succeeded", done.get("status")
 
 
@@ -216,10 +217,11 @@ def test_reapplying_the_previous_template_is_rolled_out_as_known_good(
 ) -> None:
     first_spec = stable_song_analyzer["spec"]
     old = stable_song_analyzer["status"]["stableRevision"]
-    cluster.update_container_env(namespace, NAME, {"LLM_MODEL": SONGS_V2})
-    second = cluster.wait_for_model_deployment(
-        namespace, NAME, lambda o: settled(o) and o["status"].get("stableRevision") != old
-    )
+    with cluster.traffic(namespace, NAME, "http", "analyze", song):
+        cluster.update_container_env(namespace, NAME, {"LLM_MODEL": SONGS_V2})
+        second = cluster.wait_for_model_deployment(
+            namespace, NAME, lambda o: settled(o) and o["status"].get("stableRevision") != old
+        )
     assert phase(second) == "Succeeded", second.get("status")
 
     cluster.replace_model_deployment_spec(namespace, NAME, first_spec)

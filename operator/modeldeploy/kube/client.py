@@ -57,6 +57,14 @@ def without_nulls(value: Any) -> Any:
     return value
 
 
+class NamespaceTerminating(Exception):
+    """The namespace is being deleted: the API server refuses new objects in it (403)."""
+
+
+def _is_namespace_terminating(error: ApiException) -> bool:
+    return error.status == 403 and "being terminated" in str(error.body or "")
+
+
 class KubeClient:
     """The operator's only door to the API server for the objects it owns."""
 
@@ -67,7 +75,12 @@ class KubeClient:
         self._core = kubernetes.client.CoreV1Api(api_client)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except ApiException as error:
+            if _is_namespace_terminating(error):
+                raise NamespaceTerminating(str(error.body)) from None
+            raise
 
     # -- the ModelDeployment itself ----------------------------------------------------
 

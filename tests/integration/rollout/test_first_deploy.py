@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,22 @@ def test_deleting_a_model_deployment_removes_everything_it_owns_without_a_finali
         timeout=60, what="the owned Deployments, Services and pods to be garbage-collected",
     )
     assert kube.http.get(path).status_code == 404
+
+
+def test_deleting_the_namespace_of_a_model_deployment_raises_no_error_in_the_operator(
+    sandbox: Sandbox, kube: KubeAPI, operator: OperatorProcess
+) -> None:
+    """While a namespace terminates, the API server refuses new objects (403); the operator
+    must not fight that by recreating what the namespace's deletion removes, nor log errors."""
+    doomed = f"gone-{uuid.uuid4().hex[:8]}"
+    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": doomed}})
+    kubectl_apply(model_deployment("app", doomed, "1"), Path(sandbox.kubeconfig))
+    path = f"/apis/modeldeploy.io/v1alpha1/namespaces/{doomed}/modeldeployments/app"
+    wait_until(lambda: (kube.http.get(path).json().get("status") or {}).get("phase") == "Succeeded",
+               timeout=60, what="the deployment to succeed")
+
+    kube.delete("Namespace", "", doomed)
+    wait_until(lambda: kube.http.get(f"/api/v1/namespaces/{doomed}").status_code == 404,
+               timeout=60, what=f"namespace {doomed} to be gone")
+    log = operator.log_path.read_text()
+    assert f"tick of {doomed}/app failed" not in log, operator.log_tail()
