@@ -618,7 +618,8 @@ class _Tick:
         status = self.status
         bake = parse_duration(self.spec.rollback.bake_time)
         if status.fast_rollout or bake <= timedelta(0):
-            self.promote_baked("promoted without bake" if status.fast_rollout else "promoted")
+            self.promote_baked("known-good revision promoted without bake" if status.fast_rollout
+                               else "promoted")
             return
         status.bake_until = format_time(self.now + bake)
         status.step_started_at = format_time(self.now)

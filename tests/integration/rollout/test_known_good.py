@@ -56,7 +56,8 @@ def test_reapplying_a_previously_stable_template_is_rolled_out_as_known_good_wit
 
     entry = entry_of(done, old)
     assert entry["outcome"] == "Promoted"
-    assert entry["steps"] == ["setWeight 50", "skipped pause", "full 100%", "promoted without bake"]
+    assert entry["steps"] == [
+        "setWeight 50", "skipped pause", "full 100%", "known-good revision promoted without bake"]
     events = md_events(kube, namespace, NAME)
     started = [e["message"] for e in events if e["reason"] == "RolloutStarted"]
     assert started[-1] == (

@@ -278,7 +278,7 @@ def test_a_known_good_revision_skips_pauses_and_analysis_but_waits_for_readiness
     assert world.status.phase == Phase.SUCCEEDED
     assert world.history_steps() == [
         "setWeight 10", "skipped pause", "skipped analysis", "setWeight 50",
-        "skipped pause 1h", "setWeight 100", "full 100%", "promoted without bake",
+        "skipped pause 1h", "setWeight 100", "full 100%", "known-good revision promoted without bake",
     ]
 
 
