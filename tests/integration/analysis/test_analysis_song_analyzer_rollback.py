@@ -96,6 +96,11 @@ def test_a_canary_whose_model_fails_30_percent_is_rolled_back_by_the_error_rate_
                            verdict="Fail") >= 1
     assert operator_metric(operator.metrics_port, "modeldeploy_rollouts_total",
                            namespace=namespace, name=NAME, result="RolledBack") == 1
+    assert operator_metric(operator.metrics_port, "modeldeploy_canary_weight",
+                           namespace=namespace, name=NAME) == 0, "the gauge follows the revert"
+    assert operator_metric(operator.metrics_port, "modeldeploy_phase", namespace=namespace,
+                           name=NAME, phase="RolledBack") == 1
+    assert operator_metric(operator.metrics_port, "modeldeploy_analysis_query_seconds_count") > 0
 
     # Afterwards the previous revision serves all traffic.
     def canary_pods_gone() -> bool:
