@@ -160,6 +160,7 @@ def tls_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test's certificate")
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # asked for
 def test_tls_is_verified_against_the_ca_bundle_or_skipped_only_when_asked(
     tls_prometheus: tuple[str, Path],
 ) -> None:

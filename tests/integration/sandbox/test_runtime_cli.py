@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mdsandbox.prometheus import prometheus_binary
 from mdsandbox.sandbox import Sandbox
 from mdsandbox.state import group_members, pid_alive, read_state
 from mdsandbox.testing import KubeAPI, container_pid, deployment, wait_deployment_ready
@@ -44,8 +45,12 @@ def test_status_says_the_sandbox_runs(sandbox: Sandbox) -> None:
     assert "phase: Running" in result.stdout
 
 
+# Prometheus too where it is installed: its process must go with the rest.
+WITH_PROMETHEUS = prometheus_binary() is not None
+
+
 def start_with_cli(workdir: Path) -> Sandbox:
-    up = run_cli("up", "--dir", str(workdir), "--no-prometheus")
+    up = run_cli("up", "--dir", str(workdir), *([] if WITH_PROMETHEUS else ["--no-prometheus"]))
     assert up.returncode == 0, up.stderr
     return Sandbox.attach(workdir)
 
@@ -56,7 +61,7 @@ def stop_with_cli(sandbox: Sandbox) -> None:
 
 
 def start_with_python(workdir: Path) -> Sandbox:
-    return Sandbox(workdir, prometheus=False).start()
+    return Sandbox(workdir, prometheus=WITH_PROMETHEUS).start()
 
 
 def stop_with_python(sandbox: Sandbox) -> None:
@@ -87,6 +92,7 @@ def test_down_leaves_no_process_behind(
         kube.close()
     pids = [state.supervisor_pid, pod_pid, *state.pids.values()]
     assert all(pid_alive(pid) for pid in pids)
+    assert ("prometheus" in state.pids) == WITH_PROMETHEUS
 
     stop(started)
 

@@ -34,7 +34,10 @@ def test_kind_up_builds_the_operator_image_the_chart_runs_and_never_pulls_it() -
 
 def test_kind_up_names_service_images_as_the_examples_do() -> None:
     text = KIND_UP.read_text()
-    assert 'docker build -f "workloads/${svc}/Dockerfile" -t "modeldeploy/${svc}:${tag}" .' in text
+    assert ('docker build "${build_args[@]}" -f "workloads/${svc}/Dockerfile" '
+            '-t "modeldeploy/${svc}:${tag}" .') in text
+    # kind nodes have no GPUs: textgen is built with CPU-only torch there.
+    assert '"$svc" == textgen' in text and "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
     for example in sorted((REPO / "examples").glob("*.yaml")):
         for doc in yaml.safe_load_all(example.read_text()):
             for container in doc["spec"]["template"]["spec"]["containers"]:
