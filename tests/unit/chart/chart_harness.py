@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,19 @@ def operator_container(objs: list[dict[str, Any]]) -> dict[str, Any]:
     assert len(workloads) == 1, "the chart renders exactly one operator workload"
     containers: list[dict[str, Any]] = workloads[0]["spec"]["template"]["spec"]["containers"]
     return next(c for c in containers if c["name"] == "operator")
+
+
+def dockerfile_stages(dockerfile: Path) -> list[list[str]]:
+    """A Dockerfile's instructions per stage, continuation lines joined, comments dropped.
+    (No container engine here, so images are checked by reading what builds them.)"""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages

@@ -8,23 +8,13 @@ import re
 import tomllib
 
 import yaml
-from chart_harness import CHART, REPO
+from chart_harness import CHART, REPO, dockerfile_stages
 
 DOCKERFILE = REPO / "operator" / "Dockerfile"
 
 
 def _stages() -> list[list[str]]:
-    """Instructions per stage, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    stages: list[list[str]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.upper().startswith("FROM "):
-            stages.append([])
-        stages[-1].append(line)
-    return stages
+    return dockerfile_stages(DOCKERFILE)
 
 
 def test_image_is_multi_stage_on_python_311_slim() -> None:

@@ -10,29 +10,16 @@ what the integration tests prove is not what a cluster runs.
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
 import pytest
+from chart_harness import REPO, dockerfile_stages
 from mdsandbox.kubelet import IMAGES
 
-REPO = Path(__file__).resolve().parents[3]
 SERVICES = sorted(p.parent.name for p in (REPO / "workloads").glob("*/Dockerfile"))
 
 
 def stages(service: str) -> list[list[str]]:
-    """Instructions per stage, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", (REPO / "workloads" / service / "Dockerfile").read_text())
-    found: list[list[str]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.upper().startswith("FROM "):
-            found.append([])
-        if found:
-            found[-1].append(line)
-    return found
+    return dockerfile_stages(REPO / "workloads" / service / "Dockerfile")
 
 
 def test_every_model_service_has_an_image() -> None:
