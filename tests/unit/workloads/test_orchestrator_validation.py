@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from modelkit.settings import parse_settings
 from modelkit.testing import free_port
@@ -233,10 +233,17 @@ query_bodies = json_values | st.fixed_dictionaries(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(body=query_bodies)
+@example(body=float("inf"))
+@example(body={"prompt": "hi", "temperature": float("nan")})
+@example(body={"prompt": "hi", "max_tokens": float("-inf")})
 def test_any_json_body_gets_a_4xx_or_reaches_the_orchestrators_upstream_never_a_500(
     body: Any, open_orchestrator: TestClient
 ) -> None:
-    response = open_orchestrator.post("/query", json=body)
+    # json.dumps, not the client's encoder: it writes NaN and Infinity as Python does, so
+    # those (not JSON at all) reach the service too, and must be refused like any bad body.
+    response = open_orchestrator.post(
+        "/query", content=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     # 400 for a bad body; a valid one reaches the (closed) upstream: 502.
     assert response.status_code in (400, 502), response.text
     assert response.json()["error"]["type"] in ("invalid_request_error", "upstream_error")
