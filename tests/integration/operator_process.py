@@ -104,3 +104,31 @@ def run(args: list[str], kubeconfig: Path, check: bool = True, stdin: str | None
 
 def kubectl_apply(manifest: dict[str, Any], kubeconfig: Path) -> str:
     return run(["kubectl", "apply", "-f", "-"], kubeconfig, stdin=yaml.safe_dump(manifest))
+
+
+def model_deployment(
+    name: str,
+    namespace: str,
+    *,
+    env: dict[str, str],
+    image: str = "modeldeploy/fake-upstream:v1",
+    replicas: int = 2,
+    **spec: Any,
+) -> dict[str, Any]:
+    """A ModelDeployment of one container ``app`` (``env`` as given) with a 1 s /health
+    readiness probe, so pods are ready fast; ``spec`` adds or overrides spec fields."""
+    return {
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "template": {"spec": {"containers": [{
+                "name": "app",
+                "image": image,
+                "env": [{"name": k, "value": v} for k, v in env.items()],
+                "readinessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 1},
+            }]}},
+            **spec,
+        },
+    }

@@ -19,6 +19,7 @@ from mdsandbox.sandbox import Sandbox
 from mdsandbox.testing import KubeAPI, wait_until
 from mdsandbox.traffic import Response
 from operator_process import kubectl_apply
+from operator_process import model_deployment as operator_model_deployment
 from prometheus_client.parser import text_string_to_metric_families
 
 JSON = dict[str, Any]
@@ -40,26 +41,13 @@ def model_deployment(
     steps: list[JSON] | None = None,
 ) -> JSON:
     """A ModelDeployment of two replicas with the scenarios' steps and a 3 s analysis interval."""
-    return {
-        "apiVersion": "modeldeploy.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": 2,
-            "template": {"spec": {"containers": [{
-                "name": "app",
-                "image": image,
-                "env": [{"name": k, "value": v} for k, v in env.items()],
-                "readinessProbe": {"httpGet": {"path": "/health", "port": 8080},
-                                   "periodSeconds": 1},
-            }]}},
-            "strategy": {"canary": {"steps": steps if steps is not None else STEPS}},
-            "analysis": {"interval": INTERVAL, **analysis},
-            "rollback": {"automatic": True, "bakeTime": bake_time},
-            "progressDeadline": "2m",
-        },
-    }
-
+    return operator_model_deployment(
+        name, namespace, env=env, image=image,
+        strategy={"canary": {"steps": steps if steps is not None else STEPS}},
+        analysis={"interval": INTERVAL, **analysis},
+        rollback={"automatic": True, "bakeTime": bake_time},
+        progressDeadline="2m",
+    )
 
 def endpoints(sandbox: Sandbox, prometheus: str | None = None) -> tuple[str, str]:
     """The fake upstream's OpenAI base URL and the Prometheus to analyse with."""

@@ -25,6 +25,7 @@ import yaml
 from mdsandbox.sandbox import Sandbox
 from mdsandbox.testing import KubeAPI, wait_until
 from operator_process import OperatorProcess, kubectl_apply
+from operator_process import model_deployment as shared_model_deployment
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ALERTS = REPO_ROOT / "charts" / "modeldeploy" / "files" / "alerts.yaml"
@@ -91,28 +92,18 @@ def operator_scraped(sandbox: Sandbox, operator: OperatorProcess) -> Iterator[st
 
 
 def model_deployment(name: str, namespace: str, mark: str, prometheus: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "modeldeploy.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": 2,
-            "template": {"spec": {"containers": [{
-                "name": "app", "image": "modeldeploy/fake-upstream:v1",
-                "env": [{"name": "MARK", "value": mark}],
-                "readinessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 1},
-            }]}},
-            "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]}},
-            "analysis": {
-                "interval": "1s",
-                "provider": {"prometheus": {"address": prometheus}},
-                # Always 1: the indicator below is breached on the canary's first measurement.
-                "metrics": [{"name": "error-ratio", "query": "vector(1)", "thresholdRange": {"max": 0.05}}],
-                "rollbackIndicators": [{"metric": "error-ratio", "thresholdRange": {"max": 0.05}}],
-            },
-            "rollback": {"bakeTime": "0s"},
+    return shared_model_deployment(
+        name, namespace, env={"MARK": mark},
+        strategy={"canary": {"steps": [{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]}},
+        analysis={
+            "interval": "1s",
+            "provider": {"prometheus": {"address": prometheus}},
+            # Always 1: the indicator below is breached on the canary's first measurement.
+            "metrics": [{"name": "error-ratio", "query": "vector(1)", "thresholdRange": {"max": 0.05}}],
+            "rollbackIndicators": [{"metric": "error-ratio", "thresholdRange": {"max": 0.05}}],
         },
-    }
+        rollback={"bakeTime": "0s"},
+    )
 
 
 def wait_phase(kube: KubeAPI, namespace: str, name: str, wanted: str) -> dict[str, Any]:

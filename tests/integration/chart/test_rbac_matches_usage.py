@@ -45,6 +45,7 @@ import pytest
 from mdsandbox.sandbox import Sandbox
 from mdsandbox.testing import KubeAPI, wait_until
 from operator_process import BIN, OperatorProcess, kubectl_apply, run
+from operator_process import model_deployment as shared_model_deployment
 from rbac_rules import (
     RELEASE,
     RELEASE_NAMESPACE,
@@ -91,22 +92,10 @@ def is_cli(agent: str) -> bool:
 
 
 def model_deployment(name: str, namespace: str, mark: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "modeldeploy.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": 2,
-            "template": {"spec": {"containers": [{
-                "name": "app", "image": "modeldeploy/fake-upstream:v1",
-                "env": [{"name": "MARK", "value": mark}],
-                "readinessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 1},
-            }]}},
-            "config": {"MARK": mark},
-            "rollback": {"bakeTime": "0s"},
-            **spec,
-        },
-    }
+    return shared_model_deployment(
+        name, namespace, env={"MARK": mark}, config={"MARK": mark},
+        rollback={"bakeTime": "0s"}, **spec,
+    )
 
 
 def canary(router: dict[str, Any]) -> dict[str, Any]:

@@ -10,25 +10,16 @@ import pytest
 from mdsandbox.sandbox import Sandbox
 from mdsandbox.testing import KubeAPI, wait_until
 from operator_process import OperatorProcess, kubectl_apply
+from operator_process import model_deployment as shared_model_deployment
 
 pytestmark = pytest.mark.integration
 
 
 def model_deployment(name: str, namespace: str, mark: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "modeldeploy.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": 2,
-            "template": {"spec": {"containers": [{
-                "name": "app", "image": "modeldeploy/fake-upstream:v1",
-                "env": [{"name": "MARK", "value": mark}],
-                "readinessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 1},
-            }]}},
-            "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]}},
-        },
-    }
+    return shared_model_deployment(
+        name, namespace, env={"MARK": mark},
+        strategy={"canary": {"steps": [{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]}},
+    )
 
 
 def test_first_deployment_is_promoted_without_steps(
