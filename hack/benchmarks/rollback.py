@@ -2,7 +2,7 @@
 
     hack/bench rollback                        # 10 runs, the demo's settings (about 3 minutes)
     hack/bench rollback --runs 10 --rate 20
-    hack/bench rollback --scrape-interval 2s --interval 6s --tick 2
+    hack/bench rollback --scrape-interval 2s --interval 6s
 
 One local sandbox and one operator process serve every run (as ./hack/demo starts them).
 song-analyzer runs with 2 replicas under steady traffic; each run rolls out a new
@@ -83,11 +83,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scrape-interval", default="1s", help="Prometheus scrape interval")
     parser.add_argument("--interval", default="3s",
                         help="analysis interval, also the PromQL rate window")
-    parser.add_argument("--tick", type=float, default=1.0, help="operator tick, seconds")
     parser.add_argument("--dir", type=Path, default=None, help="sandbox folder (default: a temp dir)")
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.rate <= 0 or not 0 < args.error_rate <= 1 or args.tick <= 0:
-        parser.error("--runs >= 1, --rate > 0, 0 < --error-rate <= 1 and --tick > 0")
+    if args.runs < 1 or args.rate <= 0 or not 0 < args.error_rate <= 1:
+        parser.error("--runs >= 1, --rate > 0 and 0 < --error-rate <= 1")
     try:
         parse_duration(args.scrape_interval)
         parse_duration(args.interval)
@@ -158,7 +157,7 @@ def spread(values: list[float], unit: str = "s", digits: int = 1) -> str:
 def report(args: argparse.Namespace, results: list[RunResult], took_s: float) -> None:
     print(f"rollback detection: {len(results)} run{'s' if len(results) != 1 else ''} in {took_s:.0f}s")
     print(f"configuration: scrape interval {args.scrape_interval} | rate window = analysis interval "
-          f"{args.interval} | operator tick {args.tick:g}s | traffic {args.rate:g} req/s | "
+          f"{args.interval} | traffic {args.rate:g} req/s | "
           f"2 replicas, canary at 50% | fault: {args.error_rate:.0%} of the model's upstream calls "
           f"fail | rollback indicator error-rate > 5%")
     print()
@@ -178,10 +177,10 @@ def report(args: argparse.Namespace, results: list[RunResult], took_s: float) ->
     scrape = parse_duration(args.scrape_interval)
     window = parse_duration(args.interval)
     first_failure = 1.0 / (args.rate * 0.5 * args.error_rate)  # the canary takes half the traffic
-    bound = first_failure + scrape + window + args.tick
+    bound = first_failure + scrape + window
     print(f"bound: the canary's first failure (~{first_failure:.1f}s at this rate) + its scrape "
-          f"(<= {scrape:g}s) + the next analysis round (<= interval {window:g}s + tick {args.tick:g}s) "
-          f"+ the switch (same tick) = {bound:.1f}s for a fault far above the threshold; "
+          f"(<= {scrape:g}s) + the next analysis round (<= interval {window:g}s, "
+          f"scheduled at its time) + the switch (same reconcile) = {bound:.1f}s for a fault far above the threshold; "
           f"one near it also waits for the {window:g}s rate window to fill: {bound + window:.1f}s "
           "(README.md, 'How fast a bad canary is caught')")
 
@@ -199,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         with Sandbox(workdir, scrape_interval=args.scrape_interval) as sandbox:
             assert sandbox.prometheus_url is not None and sandbox.fake_upstream_url is not None
             kubectl(["apply", "-f", str(REPO_ROOT / "crds")], sandbox.kubeconfig)
-            operator = OperatorProcess(sandbox.kubeconfig, workdir / "logs" / "operator.log",
-                                       tick_seconds=args.tick)
+            operator = OperatorProcess(sandbox.kubeconfig, workdir / "logs" / "operator.log")
             follower = RolloutFollower(sandbox.api_url, progress, namespace=NAMESPACE)
             try:
                 operator.start()

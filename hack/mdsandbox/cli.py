@@ -10,6 +10,8 @@
 
 (``eval "$(hack/sandbox up | grep =)"`` exports them.) ``down`` stops every process
 of the sandbox; ``status`` prints the state and exits 0 when it runs, 3 when not.
+``audit`` counts the API requests in ``<dir>/audit.log`` per user agent, split into
+reads, writes and watches (see ``mdsandbox.audit``); it works on a stopped sandbox too.
 """
 
 from __future__ import annotations
@@ -44,6 +46,32 @@ def _gpus(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--since takes seconds ago (a number >= 0), not {text!r}")
+    return value
+
+
+def _audit(workdir: Path, since: float | None, agent: str | None, as_json: bool) -> int:
+    from mdsandbox.audit import format_table, read_audit, summarize
+
+    path = workdir / "audit.log"
+    if not path.exists():
+        print(f"error: no audit log at {path}; is --dir the sandbox's folder?", file=sys.stderr)
+        return 1
+    began = None if since is None else time.time() - since
+    summary = summarize(read_audit(path, since=began, user_agent_prefix=agent))
+    if as_json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        print(format_table(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hack/sandbox",
@@ -72,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     with_dir(status)
     status.add_argument("--json", action="store_true", help="print the state file")
 
+    audit = commands.add_parser(
+        "audit", help="count the API requests in the audit log per user agent: reads, "
+        "writes, watches")
+    with_dir(audit)
+    audit.add_argument("--since", type=_seconds, default=None, metavar="SECONDS_AGO",
+                       help="only requests of the last SECONDS_AGO seconds")
+    audit.add_argument("--agent", default=None, metavar="PREFIX",
+                       help="only user agents starting with PREFIX "
+                       "(e.g. modeldeploy-operator/, kubectl/)")
+    audit.add_argument("--json", action="store_true",
+                       help="print the summary as JSON, with a count per verb")
+
     supervise = commands.add_parser("supervise", help="(internal) run the sandbox in the foreground")
     with_dir(supervise)
     supervise.add_argument("--scrape-interval", type=_duration, default="5s")
@@ -91,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             workdir=workdir, scrape_interval=args.scrape_interval,
             prometheus=not args.no_prometheus, gpus=args.gpus,
         ))
+    if args.command == "audit":
+        return _audit(workdir, args.since, args.agent, args.json)
     try:
         if args.command == "up":
             began = time.monotonic()

@@ -26,6 +26,14 @@ healthy upstream"), 500 for a backendRef naming no Service, 502 when the pod ref
 the connection, 504 after 10 minutes (model services are slow). Every proxied answer
 carries ``X-Sandbox-Pod: <namespace>/<pod>``, like Envoy's ``x-envoy-upstream-host``.
 Responses are streamed, so server-sent events pass through as they come.
+
+Cost: every port is one listening socket of one shared aiohttp application, which
+tells Services and routes apart by the local port a request came in on, so a
+thousand Services cost a thousand idle sockets and nothing per request. The data plane
+acts on changed Services and routes only (queued by their informers), and reads pods
+at request time from its informer's per-namespace index, so nothing runs at rest.
+Pods running the pause image (see kubelet.py) count as endpoints when ready, but
+nothing listens there: a request picked for one gets 502.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from aiohttp import web
 
 from mdsandbox.controllers import is_terminating, now_iso, pod_is_ready
 from mdsandbox.kubeclient import ApiError, Informer, KubeClient
-from mdsandbox.kubelet import PORT_ANNOTATION
+from mdsandbox.kubelet import PORT_ANNOTATION, is_pause_image
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,11 @@ def selector_matches(selector: dict[str, str] | None, labels: dict[str, str]) ->
     if not selector:
         return False  # a Service without a selector has no endpoints the sandbox manages
     return all(labels.get(key) == value for key, value in selector.items())
+
+
+def is_pause_pod(pod: JSON) -> bool:
+    containers = (pod.get("spec") or {}).get("containers") or []
+    return bool(containers) and all(is_pause_image(c.get("image")) for c in containers)
 
 
 def path_matches(rule: JSON, path: str) -> bool:
@@ -98,10 +111,10 @@ class SmoothWeighted:
 
 @dataclass
 class Listener:
-    """One local port and its aiohttp server."""
+    """One local port: a listening socket of the shared application."""
 
     port: int
-    runner: web.AppRunner
+    site: web.SockSite
     uid: str
     counters: dict[str, itertools.count[int]] = field(default_factory=dict)
     weighted: dict[int, SmoothWeighted] = field(default_factory=dict)
@@ -113,14 +126,29 @@ class DataPlane:
     def __init__(self, api_url: str) -> None:
         self.client = KubeClient(api_url)
         self._wake = asyncio.Event()
-        self.services = Informer(self.client, "/api/v1/services", self._wake.set, name="services")
-        self.pods = Informer(self.client, "/api/v1/pods", self._wake.set, name="dataplane pods")
-        self.routes = Informer(self.client, HTTPROUTES, self._wake.set, name="httproutes")
+        self._dirty_services: set[tuple[str, str]] = set()
+        self._dirty_routes: set[tuple[str, str]] = set()
+        self.services = Informer(
+            self.client, "/api/v1/services", name="services",
+            on_object=lambda key, _obj: self._mark(self._dirty_services, key),
+        )
+        # Pods are read when a request comes; a pod change needs no work here.
+        self.pods = Informer(self.client, "/api/v1/pods", name="dataplane pods")
+        self.routes = Informer(
+            self.client, HTTPROUTES, name="httproutes",
+            on_object=lambda key, _obj: self._mark(self._dirty_routes, key),
+        )
         self.service_listeners: dict[tuple[str, str], Listener] = {}
         self.route_listeners: dict[tuple[str, str], Listener] = {}
+        self._by_port: dict[int, tuple[str, tuple[str, str]]] = {}  # port -> (kind, key)
+        self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._round_robin: dict[tuple[str, str], itertools.count[int]] = {}
+
+    def _mark(self, dirty: set[tuple[str, str]], key: tuple[str, str]) -> None:
+        dirty.add(key)
+        self._wake.set()
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -128,6 +156,10 @@ class DataPlane:
             auto_decompress=False,
             connector=aiohttp.TCPConnector(limit=0),
         )
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
         for informer in (self.services, self.pods, self.routes):
             informer.start()
         self._task = asyncio.create_task(self._loop(), name="dataplane")
@@ -139,8 +171,8 @@ class DataPlane:
                 await self._task
         for informer in (self.services, self.pods, self.routes):
             await informer.stop()
-        for listener in [*self.service_listeners.values(), *self.route_listeners.values()]:
-            await listener.runner.cleanup()
+        if self._runner is not None:
+            await self._runner.cleanup()  # every site, and their open connections
         if self._session is not None:
             await self._session.close()
         await self.client.close()
@@ -149,59 +181,67 @@ class DataPlane:
         await self.services.synced.wait()
         await self.pods.synced.wait()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=2.0)
+            await self._wake.wait()
             self._wake.clear()
-            try:
-                await self._sync(self.services, self.service_listeners, self._handle_service)
-                await self._sync(self.routes, self.route_listeners, self._handle_route)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("data plane sync failed")
-                await asyncio.sleep(0.5)
+            for kind, dirty in (("service", self._dirty_services), ("route", self._dirty_routes)):
+                keys = list(dirty)
+                dirty.clear()
+                for key in keys:
+                    try:
+                        await self._sync(kind, key)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as err:
+                        if not isinstance(err, ApiError):
+                            log.exception("data plane: %s %s/%s failed", kind, *key)
+                        else:
+                            log.warning("publishing %s/%s: %s", key[0], key[1], err)
+                        # Try that one again in a second; the rest goes on.
+                        asyncio.get_running_loop().call_later(1.0, self._mark, dirty, key)
 
-    async def _sync(
-        self,
-        informer: Informer,
-        listeners: dict[tuple[str, str], Listener],
-        handler: Any,
-    ) -> None:
-        wanted = {
-            key: obj for key, obj in informer.objects.items() if not is_terminating(obj)
-        }
-        for key, listener in list(listeners.items()):
-            obj = wanted.get(key)
-            if obj is None or obj["metadata"].get("uid") != listener.uid:
-                del listeners[key]
-                await listener.runner.cleanup()
-        for key, obj in wanted.items():
-            listener = listeners.get(key) or await self._listen(key, obj, handler)
+    async def _sync(self, kind: str, key: tuple[str, str]) -> None:
+        informer = self.services if kind == "service" else self.routes
+        listeners = self.service_listeners if kind == "service" else self.route_listeners
+        obj = informer.objects.get(key)
+        if obj is not None and is_terminating(obj):
+            obj = None
+        listener = listeners.get(key)
+        if listener is not None and (obj is None or obj["metadata"].get("uid") != listener.uid):
+            del listeners[key]
+            self._by_port.pop(listener.port, None)
+            await listener.site.stop()
+            listener = None
+        if obj is None:
+            return
+        if listener is None:
+            listener = await self._listen(kind, key, obj)
             listeners[key] = listener
-            try:
-                if informer is self.services:
-                    await self._publish_service(obj, listener.port)
-                else:
-                    await self._publish_route(obj, listener.port)
-            except ApiError as err:
-                log.warning("publishing %s/%s: %s", key[0], key[1], err)
+        if kind == "service":
+            await self._publish_service(obj, listener.port)
+        else:
+            await self._publish_route(obj, listener.port)
 
-    async def _listen(self, key: tuple[str, str], obj: JSON, handler: Any) -> Listener:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-
-        async def handle(request: web.Request) -> web.StreamResponse:
-            return await handler(key, request)  # type: ignore[no-any-return]
-
-        app.router.add_route("*", "/{tail:.*}", handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
+    async def _listen(self, kind: str, key: tuple[str, str], obj: JSON) -> Listener:
+        assert self._runner is not None
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-        site = web.SockSite(runner, sock)
+        site = web.SockSite(self._runner, sock)
         await site.start()
-        return Listener(port=port, runner=runner, uid=obj["metadata"]["uid"])
+        self._by_port[port] = (kind, key)
+        return Listener(port=port, site=site, uid=obj["metadata"]["uid"])
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        """The shared application's one handler: which Service or route, by local port."""
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        target = self._by_port.get(int(sockname[1])) if sockname else None
+        if target is None:
+            return error_response(404, "nothing listens here any more (Service or route gone)")
+        kind, key = target
+        if kind == "service":
+            return await self._handle_service(key, request)
+        return await self._handle_route(key, request)
 
     async def _publish_service(self, service: JSON, port: int) -> None:
         wanted = {"ingress": [{"ip": "127.0.0.1", "ports": [{"port": port, "protocol": "TCP"}]}]}
@@ -248,11 +288,10 @@ class DataPlane:
     def ready_pods(self, namespace: str, selector: dict[str, str] | None) -> list[JSON]:
         pods = [
             pod
-            for pod in self.pods.values()
-            if pod["metadata"].get("namespace") == namespace
-            and not is_terminating(pod)
+            for pod in self.pods.in_namespace(namespace)
+            if not is_terminating(pod)
             and pod_is_ready(pod)
-            and PORT_ANNOTATION in (pod["metadata"].get("annotations") or {})
+            and (PORT_ANNOTATION in (pod["metadata"].get("annotations") or {}) or is_pause_pod(pod))
             and selector_matches(selector, pod["metadata"].get("labels") or {})
         ]
         return sorted(pods, key=lambda p: p["metadata"]["name"])
@@ -303,7 +342,13 @@ class DataPlane:
     async def _proxy(self, request: web.Request, pod: JSON) -> web.StreamResponse:
         assert self._session is not None
         meta = pod["metadata"]
-        port = meta["annotations"][PORT_ANNOTATION]
+        port = (meta.get("annotations") or {}).get(PORT_ANNOTATION)
+        if port is None:  # a pause pod: ready, but nothing listens, so it refuses
+            pod_id = f"{meta['namespace']}/{meta['name']}"
+            return error_response(
+                502, f"upstream pod {pod_id} failed: it runs the pause image; nothing listens",
+                pod_id,
+            )
         url = f"http://127.0.0.1:{port}{request.rel_url}"
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         body = await request.read()

@@ -64,7 +64,6 @@ BAD_MODEL_ERROR_RATE = 0.3
 
 SCRAPE_INTERVAL = "1s"
 ANALYSIS_INTERVAL = "3s"
-TICK_SECONDS = 1.0
 REPLICAS = 2
 BAKE_TIME = "6s"
 REQUESTS_PER_SECOND = 6.0
@@ -184,16 +183,14 @@ class OperatorProcess:
 
     READY_LINE = "Activity 'configure' succeeded"
 
-    def __init__(self, kubeconfig: Path, log_path: Path, tick_seconds: float = TICK_SECONDS) -> None:
+    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
-        self.tick_seconds = tick_seconds
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
         env = {
             **tool_env(self.kubeconfig),
-            "MODELDEPLOY_TICK_SECONDS": str(self.tick_seconds),
             "MODELDEPLOY_METRICS_PORT": str(free_port()),
         }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -525,7 +522,7 @@ def run_demo(workdir: Path, timeline: Timeline, keep: bool) -> int:
     timeline.plain("modeldeploy demo: song-analyzer canaries judged by Prometheus, on a local sandbox")
     timeline.plain(f"  sandbox folder {workdir} (logs in {workdir / 'logs'})")
     timeline.plain(f"  scrape {SCRAPE_INTERVAL}, analysis every {ANALYSIS_INTERVAL} over a "
-                   f"{ANALYSIS_INTERVAL} rate window, operator tick {TICK_SECONDS:g}s, "
+                   f"{ANALYSIS_INTERVAL} rate window, "
                    f"{REPLICAS} replicas; steps: setWeight 50 -> analysis (2 passing rounds in a "
                    f"row) -> 100% -> bake {BAKE_TIME}")
     timeline.plain("")
@@ -542,8 +539,7 @@ def run_demo(workdir: Path, timeline: Timeline, keep: bool) -> int:
         follower: RolloutFollower | None = None
         try:
             operator.start()
-            say(f"operator running: modeldeploy-operator --standalone (pid {operator.pid}, "
-                f"tick {TICK_SECONDS:g}s)")
+            say(f"operator running: modeldeploy-operator --standalone (pid {operator.pid})")
             prepare_namespace(NAMESPACE, kubeconfig)
             follower = RolloutFollower(sandbox.api_url, timeline)
 

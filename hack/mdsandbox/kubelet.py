@@ -8,10 +8,25 @@ kubelet does (unless ``enableServiceLinks: false``), each Service of the namespa
 exists when the container starts gives ``<NAME>_SERVICE_HOST`` and ``<NAME>_SERVICE_PORT``
 (and ``<NAME>_SERVICE_PORT_<PORTNAME>``), usable in ``$(VAR)`` expansion: here the host
 is 127.0.0.1 and the port is the Service's local data-plane port, so a manifest that
-reaches a Service through them works the same on a cluster and in the sandbox. Any other
-image leaves the pod Pending with the waiting reason ErrImagePull (then
+reaches a Service through them works the same on a cluster and in the sandbox.
+
+The pause image (``registry.k8s.io/pause``, ``k8s.gcr.io/pause`` or plain ``pause``,
+any tag or digest; ``PAUSE_PATTERN``) runs no process: the container is running and
+ready as soon as the pod is scheduled, with the status a process container gets
+(conditions, ``containerStatuses`` ready/started/running, ``podIP``) and the
+containerID ``pause://<pod uid>/<container>``. Its readiness, liveness and startup
+probes are ignored (nothing listens, so there is nothing to probe), it gets no port
+annotation, no log file, no Service-link env, and no Started/Killing events (at
+benchmark sizes those would be thousands of writes); env from a missing
+ConfigMap/Secret still gives CreateContainerConfigError. Once ready, a pod of pause
+containers sleeps until it changes, so thousands of them cost nothing at rest.
+
+Any other image leaves the pod Pending with the waiting reason ErrImagePull (then
 ImagePullBackOff), as a missing image does; a missing ConfigMap/Secret key gives
 CreateContainerConfigError. Nothing crashes the kubelet.
+
+Cost: the kubelet looks only at pods that changed (its informer's ``on_object``), not
+at every pod per event; a pod with processes is stepped every 0.25 s by its own task.
 
 What a client sees, and the choices behind it:
 - ``metadata.annotations["sandbox.modeldeploy.io/port"]``: the local port of the
@@ -77,6 +92,11 @@ IMAGES = {
     "fake-upstream": "fakeupstream",
 }
 IMAGE_PATTERN = re.compile(r"^(?:.+/)?modeldeploy/(?P<service>[a-z0-9-]+)(?::(?P<tag>[\w.-]+))?$")
+# The pause image, as a real cluster names it: registry.k8s.io/pause, k8s.gcr.io/pause or
+# plain pause, any tag or digest.
+PAUSE_PATTERN = re.compile(
+    r"^(?:(?:registry\.k8s\.io|k8s\.gcr\.io)/)?pause(?::[\w.-]+)?(?:@sha256:[0-9a-f]{64})?$"
+)
 # Host variables a process needs to run at all; everything else comes from the pod.
 PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "LD_LIBRARY_PATH", "VIRTUAL_ENV")
 TICK_SECONDS = 0.25
@@ -112,6 +132,11 @@ def resolve_image(image: str) -> tuple[str, str]:
     return package, match.group("tag") or "latest"
 
 
+def is_pause_image(image: str | None) -> bool:
+    """Whether a container runs the pause image, which the sandbox "runs" with no process."""
+    return PAUSE_PATTERN.match(image or "") is not None
+
+
 def gpu_request(pod: JSON) -> int:
     total = 0
     for container in pod.get("spec", {}).get("containers", []) or []:
@@ -145,6 +170,8 @@ class Container:
     probe_failures: int = 0
     probe_successes: int = 0
     ever_ready: bool = False
+    pause: bool = False  # the pause image: running once started, with no process behind it
+    pause_id: str = ""
 
     @property
     def name(self) -> str:
@@ -152,6 +179,8 @@ class Container:
 
     @property
     def running(self) -> bool:
+        if self.pause:
+            return self.started_at is not None
         return self.process is not None and self.process.returncode is None
 
     def status(self) -> JSON:
@@ -164,7 +193,10 @@ class Container:
             "restartCount": self.restart_count,
             "started": self.running,
         }
-        if self.running and self.process is not None:
+        if self.running and self.pause:
+            status["state"] = {"running": {"startedAt": self.started_at}}
+            status["containerID"] = self.pause_id
+        elif self.running and self.process is not None:
             status["state"] = {"running": {"startedAt": self.started_at}}
             status["containerID"] = f"process://{self.process.pid}"
         else:
@@ -193,6 +225,16 @@ class PodRuntime:
     conditions: dict[str, JSON] = field(default_factory=dict)
     start_time: str | None = None
     task: asyncio.Task[None] | None = None
+    # Set when the pod changes; an idle pause pod sleeps on it instead of ticking.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing left to do until the pod changes: scheduled, every container a
+        started pause container (no process to watch, no probe to run)."""
+        return self.scheduled and bool(self.containers) and all(
+            c.pause and c.running for c in self.containers
+        )
 
 
 class Kubelet:
@@ -204,8 +246,12 @@ class Kubelet:
         self.logdir = workdir / "logs" / "pods"
         self.gpu_capacity = gpus
         self._wake = asyncio.Event()
-        self.pods = Informer(self.client, "/api/v1/pods", self._wake.set, name="kubelet pods")
+        self.pods = Informer(
+            self.client, "/api/v1/pods", name="kubelet pods", on_object=self._pod_changed
+        )
         self.runtimes: dict[str, PodRuntime] = {}
+        self._runtime_of: dict[tuple[str, str], str] = {}  # (namespace, name) -> runtime uid
+        self._dirty: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
         self._probe_session: aiohttp.ClientSession | None = None
         self._terminations: set[asyncio.Task[None]] = set()
@@ -239,11 +285,16 @@ class Kubelet:
             if c.process is not None and c.process.returncode is None
         ]
 
+    def _pod_changed(self, key: tuple[str, str], obj: JSON) -> None:
+        self._dirty.add(key)
+        self._wake.set()
+
     async def _loop(self) -> None:
         await self.pods.synced.wait()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            # Only changed pods are looked at: a pass over every pod per event would be
+            # quadratic at thousands of pods. A relist marks every pod changed.
+            await self._wake.wait()
             self._wake.clear()
             try:
                 await self._sync_pods()
@@ -253,33 +304,38 @@ class Kubelet:
                 log.exception("kubelet sync failed")
 
     async def _sync_pods(self) -> None:
-        live: dict[str, JSON] = {
-            pod["metadata"]["uid"]: pod
-            for pod in self.pods.values()
-            if pod.get("metadata", {}).get("uid")
-        }
-        for uid, runtime in list(self.runtimes.items()):
-            pod = live.get(uid)
-            if pod is None or is_terminating(pod):
-                del self.runtimes[uid]
-                task = asyncio.create_task(self._terminate(runtime, pod))
+        dirty, self._dirty = self._dirty, set()
+        for key in dirty:
+            pod = self.pods.objects.get(key)
+            uid = (pod or {}).get("metadata", {}).get("uid")
+            runtime_uid = self._runtime_of.get(key)
+            runtime = self.runtimes.get(runtime_uid) if runtime_uid else None
+            if runtime is not None and (pod is None or uid != runtime.uid or is_terminating(pod)):
+                del self.runtimes[runtime.uid]
+                del self._runtime_of[key]
+                gone = pod if pod is not None and uid == runtime.uid else None
+                task = asyncio.create_task(self._terminate(runtime, gone))
                 self._terminations.add(task)
                 task.add_done_callback(self._terminations.discard)
-        for uid, pod in live.items():
-            if uid not in self.runtimes and not is_terminating(pod):
-                meta = pod["metadata"]
-                runtime = PodRuntime(meta["namespace"], meta["name"], uid)
+                runtime = None
+            if pod is None or not uid or is_terminating(pod):
+                continue
+            if runtime is None:
+                runtime = PodRuntime(key[0], key[1], uid)
                 self.runtimes[uid] = runtime
+                self._runtime_of[key] = uid
                 runtime.task = asyncio.create_task(
-                    self._run_pod(runtime), name=f"pod {meta['namespace']}/{meta['name']}"
+                    self._run_pod(runtime), name=f"pod {key[0]}/{key[1]}"
                 )
+            else:
+                runtime.wake.set()
 
     async def _terminate(self, runtime: PodRuntime, pod: JSON | None) -> None:
         grace = 30.0
         if pod is not None:
             grace = float(pod.get("spec", {}).get("terminationGracePeriodSeconds", 30))
         for container in runtime.containers:
-            if container.running:
+            if container.running and not container.pause:
                 await self._event(runtime, "Killing", f"Stopping container {container.name}")
         await self._stop_runtime(runtime, grace=min(grace, MAX_GRACE_SECONDS))
         if pod is not None:  # marked for deletion: finish it, as the kubelet does
@@ -342,7 +398,13 @@ class Kubelet:
                         )
                         self.pods.remember(updated)
                         last_status = status
-                await asyncio.sleep(TICK_SECONDS)
+                if runtime.idle and status == last_status:
+                    # A ready pause pod has nothing to watch: sleep until it changes, so
+                    # thousands of them cost nothing at rest.
+                    runtime.wake.clear()
+                    await runtime.wake.wait()
+                else:
+                    await asyncio.sleep(TICK_SECONDS)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -352,8 +414,10 @@ class Kubelet:
         if runtime.scheduled:
             return True
         wanted = gpu_request(pod)
-        in_use = {gpu for rt in self.runtimes.values() if rt.scheduled for gpu in rt.gpus}
-        free = [gpu for gpu in range(self.gpu_capacity) if gpu not in in_use]
+        free: list[int] = []
+        if wanted:  # a look at every pod's devices only when this one asks for some
+            in_use = {gpu for rt in self.runtimes.values() if rt.scheduled for gpu in rt.gpus}
+            free = [gpu for gpu in range(self.gpu_capacity) if gpu not in in_use]
         if wanted > len(free):
             runtime.unschedulable_message = (
                 f"0/1 nodes are available: 1 Insufficient {GPU_RESOURCE}. preemption: 0/1 nodes "
@@ -376,14 +440,17 @@ class Kubelet:
             return
         if not runtime.containers:
             for spec in pod.get("spec", {}).get("containers", []) or []:
+                pause = is_pause_image(spec.get("image"))
                 container = Container(
                     spec=spec,
-                    port=free_port(),
+                    port=0 if pause else free_port(),
                     log_path=self.logdir
                     / f"{runtime.namespace}_{runtime.name}_{spec.get('name', 'main')}.log",
+                    pause=pause,
                 )
                 runtime.containers.append(container)
-            if runtime.containers:
+            # A pause container listens nowhere: the annotation only when a process will.
+            if runtime.containers and not runtime.containers[0].pause:
                 updated = await self.client.merge_patch(
                     f"/api/v1/namespaces/{runtime.namespace}/pods/{runtime.name}",
                     {"metadata": {"annotations": {PORT_ANNOTATION: str(runtime.containers[0].port)}}},
@@ -398,6 +465,10 @@ class Kubelet:
                         runtime, "BackOff", f"Back-off restarting failed container {container.name} "
                         f"in pod {runtime.name}_{runtime.namespace}({runtime.uid})", warning=True,
                     )
+            if container.pause:
+                if not container.running and now >= container.next_start:
+                    await self._start(runtime, pod, container)
+                continue  # nothing to probe: a pause container is ready once started
             if container.process is None and now >= container.next_start:
                 await self._start(runtime, pod, container)
             if container.running:
@@ -437,7 +508,32 @@ class Kubelet:
         env["NVIDIA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"] or "void"
         return env
 
+    async def _start_pause(self, runtime: PodRuntime, pod: JSON, container: Container) -> None:
+        """Start a pause container: no process, ready at once, probes ignored.
+
+        Its env is still resolved when it has any (a missing ConfigMap or Secret gives
+        CreateContainerConfigError, as on a node); Service links are not, nothing reads
+        them. No Started event: at benchmark sizes they would be thousands of writes.
+        """
+        if container.spec.get("env") or container.spec.get("envFrom"):
+            try:
+                await self._container_env(pod, container.spec, service_links=False)
+            except ContainerConfigError as err:
+                container.waiting_reason = "CreateContainerConfigError"
+                container.waiting_message = str(err)
+                container.next_start = time.monotonic() + 1.0
+                return
+        container.started_at = now_iso()
+        container.started_monotonic = time.monotonic()
+        container.pause_id = f"pause://{runtime.uid}/{container.name}"
+        container.waiting_reason = ""
+        container.waiting_message = ""
+        container.ready = container.ever_ready = True
+
     async def _start(self, runtime: PodRuntime, pod: JSON, container: Container) -> None:
+        if container.pause:
+            await self._start_pause(runtime, pod, container)
+            return
         image = container.spec.get("image", "")
         try:
             package, tag = resolve_image(image)
@@ -510,9 +606,11 @@ class Kubelet:
                     links[f"{prefix}_SERVICE_PORT_{spec_port['name'].upper().replace('-', '_')}"] = port
         return links
 
-    async def _container_env(self, pod: JSON, spec: JSON) -> dict[str, str]:
+    async def _container_env(
+        self, pod: JSON, spec: JSON, *, service_links: bool = True
+    ) -> dict[str, str]:
         namespace = pod["metadata"]["namespace"]
-        env: dict[str, str] = await self._service_links(pod)
+        env: dict[str, str] = await self._service_links(pod) if service_links else {}
         for source in spec.get("envFrom") or []:
             prefix = source.get("prefix", "")
             if "configMapRef" in source:

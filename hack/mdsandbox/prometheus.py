@@ -87,25 +87,33 @@ def pod_targets(pods: list[JSON]) -> list[JSON]:
     """The file_sd target groups for these pods (running, not terminating, with a port)."""
     groups = []
     for pod in sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"])):
-        meta = pod["metadata"]
-        port = (meta.get("annotations") or {}).get(PORT_ANNOTATION)
-        if port is None or is_terminating(pod):
-            continue
-        if (pod.get("status") or {}).get("phase") != "Running":
-            continue
-        containers = (pod.get("spec") or {}).get("containers") or [{}]
-        labels = {
-            "__meta_kubernetes_namespace": meta["namespace"],
-            "__meta_kubernetes_pod_name": meta["name"],
-            "__meta_kubernetes_pod_uid": meta.get("uid", ""),
-            "__meta_kubernetes_pod_container_name": containers[0].get("name", ""),
-            "__meta_kubernetes_pod_ip": "127.0.0.1",
-        }
-        for key, value in (meta.get("labels") or {}).items():
-            labels[f"__meta_kubernetes_pod_label_{sanitize(key)}"] = value
-            labels[f"__meta_kubernetes_pod_labelpresent_{sanitize(key)}"] = "true"
-        groups.append({"targets": [f"127.0.0.1:{port}"], "labels": labels})
+        group = pod_target(pod)
+        if group is not None:
+            groups.append(group)
     return groups
+
+
+def pod_target(pod: JSON) -> JSON | None:
+    """One pod's file_sd target group, or None when it is not scraped (not running, no
+    port: a pause pod has none, terminating)."""
+    meta = pod["metadata"]
+    port = (meta.get("annotations") or {}).get(PORT_ANNOTATION)
+    if port is None or is_terminating(pod):
+        return None
+    if (pod.get("status") or {}).get("phase") != "Running":
+        return None
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    labels = {
+        "__meta_kubernetes_namespace": meta["namespace"],
+        "__meta_kubernetes_pod_name": meta["name"],
+        "__meta_kubernetes_pod_uid": meta.get("uid", ""),
+        "__meta_kubernetes_pod_container_name": containers[0].get("name", ""),
+        "__meta_kubernetes_pod_ip": "127.0.0.1",
+    }
+    for key, value in (meta.get("labels") or {}).items():
+        labels[f"__meta_kubernetes_pod_label_{sanitize(key)}"] = value
+        labels[f"__meta_kubernetes_pod_labelpresent_{sanitize(key)}"] = "true"
+    return {"targets": [f"127.0.0.1:{port}"], "labels": labels}
 
 
 def prometheus_config(workdir: Path, scrape_interval: str, fake_upstream: str | None) -> JSON:
@@ -170,7 +178,12 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = KubeClient(api_url)
         self._wake = asyncio.Event()
-        self.pods = Informer(self.client, "/api/v1/pods", self._wake.set, name="prometheus pods")
+        # Each pod event updates that pod's target alone; the file is rewritten only when
+        # the set of targets changed (pause pods never enter it).
+        self._targets: dict[tuple[str, str], JSON] = {}
+        self.pods = Informer(
+            self.client, "/api/v1/pods", name="prometheus pods", on_object=self._pod_changed
+        )
         self.process: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_targets: str | None = None
@@ -241,13 +254,22 @@ class Prometheus:
 
         await stop_process(self.process, 10.0)
 
+    def _pod_changed(self, key: tuple[str, str], obj: JSON) -> None:
+        group = pod_target(obj) if key in self.pods.objects else None
+        if group is None:
+            if self._targets.pop(key, None) is not None:
+                self._wake.set()
+        elif self._targets.get(key) != group:
+            self._targets[key] = group
+            self._wake.set()
+
     async def _loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=5.0)
+            await self._wake.wait()
             self._wake.clear()
             try:
-                content = json.dumps(pod_targets(self.pods.values()), indent=1) + "\n"
+                groups = [self._targets[key] for key in sorted(self._targets)]
+                content = json.dumps(groups, indent=1) + "\n"
                 if content != self._last_targets:
                     write_atomically(self.targets_file, content)
                     self._last_targets = content

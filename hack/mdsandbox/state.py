@@ -3,11 +3,11 @@
 The file is rewritten atomically by the supervisor as it starts and stops::
 
     {"phase": "Starting|Running|Stopped|Failed", "message": "...", "dir": "...",
-     "supervisor_pid": 123, "process_group": 123,
+     "supervisor_pid": 122, "process_group": 122,
      "api_url": "http://127.0.0.1:P", "kubeconfig": ".../kubeconfig",
      "prometheus_url": "http://127.0.0.1:Q" | null,
      "fake_upstream_url": "http://127.0.0.1:R/v1" | null,
-     "pids": {"prometheus": 124, "fake-upstream": 125},
+     "pids": {"apiserver": 123, "prometheus": 124, "fake-upstream": 125},
      "gpus": 0, "scrape_interval": "5s", "startup_seconds": 2.7, "notes": []}
 
 Pods' processes are not listed (they come and go); they are in the supervisor's

@@ -1,11 +1,14 @@
 """The sandbox's supervisor: one detached process that runs every part of the sandbox.
 
 ``hack/sandbox up`` starts ``python -m mdsandbox supervise`` in a new session, so the
-supervisor leads its own process group; every process it starts (Prometheus, the
-fake upstream, the pods) stays in that group, and ``down`` can make sure nothing is
-left by signalling the group. In the supervisor run, in one asyncio loop: the API
-server (``mdsandbox.apiserver``), the controller manager, the kubelet, the data
-plane and the Prometheus targets writer.
+supervisor leads its own process group; every process it starts (the API server,
+Prometheus, the fake upstream, the pods) stays in that group, and ``down`` can make
+sure nothing is left by signalling the group. The API server
+(``python -m mdsandbox.apiserver``) is a process of its own, so it and the components
+each have a core and do not share a GIL (in one process, every socket write of
+one waited for the other's time slice, which halved throughput at benchmark sizes).
+In the supervisor run, in one asyncio loop: the controller manager, the kubelet, the
+data plane and the Prometheus targets writer.
 
 When everything answers, it writes ``<dir>/state.json`` (see ``mdsandbox.state``)
 with ``"phase": "Running"``; on SIGTERM or SIGINT it stops the pods, Prometheus, the
@@ -72,8 +75,24 @@ async def start_fake_upstream(workdir: Path) -> tuple[asyncio.subprocess.Process
     return process, f"127.0.0.1:{port}"
 
 
+async def start_apiserver(workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
+    port = free_port()
+    log_path = workdir / "logs" / "apiserver.log"
+    with log_path.open("ab") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mdsandbox.apiserver", "--port", str(port),
+            "--audit-log", str(workdir / "audit.log"),
+            "--pod-log-dir", str(workdir / "logs" / "pods"),
+            "--kubeconfig", str(workdir / "kubeconfig"),
+            stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    await wait_http_ok(f"{url}/healthz", process, 60)
+    return process, url
+
+
 async def supervise(config: SupervisorConfig) -> int:
-    from mdsandbox.apiserver import APIServer, write_kubeconfig
+    from mdsandbox.apiserver import write_kubeconfig
 
     started = time.monotonic()
     workdir = config.workdir
@@ -90,18 +109,17 @@ async def supervise(config: SupervisorConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    server = APIServer(
-        host="127.0.0.1", port=0, audit_log=workdir / "audit.log", pod_log_dir=workdir / "logs" / "pods"
-    )
     parts: list[ControllerManager | Kubelet | DataPlane | Prometheus] = []
     fake: asyncio.subprocess.Process | None = None
+    apiserver: asyncio.subprocess.Process | None = None
     exit_code = 0
     try:
-        server.start()
-        kubeconfig = workdir / "kubeconfig"
-        write_kubeconfig(kubeconfig, server.url)
-        state.api_url = server.url
-        state.kubeconfig = str(kubeconfig)
+        apiserver, api_url = await start_apiserver(workdir)
+        # The server writes it too, but maybe after its first answer: be sure it is there.
+        write_kubeconfig(workdir / "kubeconfig", api_url)
+        state.api_url = api_url
+        state.kubeconfig = str(workdir / "kubeconfig")
+        state.pids["apiserver"] = apiserver.pid
 
         fake_address = None
         if importlib.util.find_spec("fakeupstream") is not None and importlib.util.find_spec(
@@ -113,14 +131,14 @@ async def supervise(config: SupervisorConfig) -> int:
         else:
             state.notes.append("fake upstream not started: package fakeupstream has no __main__")
 
-        controllers = ControllerManager(server.url)
-        kubelet = Kubelet(server.url, workdir, gpus=config.gpus)
-        dataplane = DataPlane(server.url)
+        controllers = ControllerManager(api_url)
+        kubelet = Kubelet(api_url, workdir, gpus=config.gpus)
+        dataplane = DataPlane(api_url)
         parts = [controllers, kubelet, dataplane]
         prometheus: Prometheus | None = None
         if config.prometheus:
             prometheus = Prometheus(
-                server.url, workdir, scrape_interval=config.scrape_interval,
+                api_url, workdir, scrape_interval=config.scrape_interval,
                 fake_upstream=fake_address,
             )
             parts.append(prometheus)
@@ -154,8 +172,7 @@ async def supervise(config: SupervisorConfig) -> int:
             with contextlib.suppress(Exception):
                 await part.stop()
         await stop_process(fake, 5.0)
-        with contextlib.suppress(Exception):
-            server.stop()
+        await stop_process(apiserver, 10.0)
         if state.phase != "Failed":
             state.phase = "Stopped"
         write_state(workdir, state)
@@ -168,4 +185,13 @@ def main(config: SupervisorConfig) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    profile_dir = os.environ.get("MDSANDBOX_PROFILE")
+    if profile_dir:  # cProfile of this thread; the API server's thread writes its own
+        import cProfile
+
+        profiler = cProfile.Profile()
+        try:
+            return profiler.runcall(asyncio.run, supervise(config))
+        finally:
+            profiler.dump_stats(str(Path(profile_dir) / "supervisor.prof"))
     return asyncio.run(supervise(config))

@@ -22,7 +22,20 @@ def kopf_arguments(argv: list[str]) -> list[str]:
     return args + argv
 
 
+def watched_namespaces(argv: list[str]) -> list[str]:
+    """The namespaces named by ``--namespace``/``-n`` (empty: every namespace)."""
+    names: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--namespace="):
+            names.append(arg.split("=", 1)[1])
+        elif arg in ("-n", "--namespace") and i + 1 < len(argv):
+            names.append(argv[i + 1])
+    return names
+
+
 def main() -> None:
+    # The controller's own watches (modeldeploy.kube.cache) cover the namespaces Kopf is given.
+    os.environ["MODELDEPLOY_NAMESPACES"] = ",".join(watched_namespaces(sys.argv[1:]))
     os.execv(sys.executable, [sys.executable, "-m", "kopf", *kopf_arguments(sys.argv[1:])])
 
 

@@ -57,8 +57,10 @@ def round_due(spec: s.ModelDeploymentSpec, status: s.ModelDeploymentStatus, now:
 
 
 class AnalysisRunner:
-    def __init__(self, kube: KubeClient) -> None:
+    def __init__(self, kube: KubeClient, max_concurrent_queries: int = 32) -> None:
         self._kube = kube
+        # Many rollouts analysed at once share this bound; each query has its own timeout.
+        self._query_slots = asyncio.Semaphore(max_concurrent_queries)
         self._providers: dict[tuple[str, _Secrets], MetricProvider] = {}
         self._ca_dir = tempfile.TemporaryDirectory(prefix="modeldeploy-ca-")
 
@@ -119,11 +121,12 @@ class AnalysisRunner:
         return canary, stable
 
     async def _timed(self, provider: MetricProvider, query: str) -> QueryResult:
-        started = time.perf_counter()
-        try:
-            return await provider.query(query)
-        finally:
-            metrics.QUERY_SECONDS.observe(time.perf_counter() - started)
+        async with self._query_slots:
+            started = time.perf_counter()
+            try:
+                return await provider.query(query)
+            finally:
+                metrics.QUERY_SECONDS.observe(time.perf_counter() - started)
 
     def _provider(self, config: s.Provider, secrets: _Secrets) -> MetricProvider:
         key = (config.model_dump_json(), secrets)

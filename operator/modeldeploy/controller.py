@@ -1,20 +1,28 @@
-"""The shell around the engine: load state, observe, decide, act, write status.
+"""The shell around the engine: a work queue of ModelDeployments, each reconciled from caches.
 
-One tick for one ModelDeployment:
-1. read the resource fresh from the API server (never a cached body: a tick must see
-   the status the previous tick wrote, and any `modeldeploy promote` since);
+One tick for one ModelDeployment (``RolloutController.tick``):
+1. read the resource from the watch-fed cache (``modeldeploy.kube.cache``); the cache
+   holds the answer to the previous tick's status write, and any `modeldeploy promote`
+   since arrives as a watch event that queues the resource again;
 2. validate it with the pydantic models; an invalid spec is reported in status and
    events once per generation, and nothing running is touched;
-3. observe the Deployments and pods it owns, the router's served weight and analysis;
+3. observe the Deployments and pods it owns (cached), the router's served weight and
+   analysis (the only requests a tick makes when nothing changes are Prometheus queries,
+   and only while a rollout is analysed);
 4. ask the pure engine for a decision;
-5. apply the decision's actions through the adapters (create-or-patch, idempotent);
-6. write the new status in one write guarded by resourceVersion, then post the events.
+5. apply the decision's actions (``modeldeploy.actuator``): the kube client writes only
+   what differs from the cache, so a resource at rest costs no request at all;
+6. write the new status, only when it changed, in one write guarded by resourceVersion
+   (a conflict re-reads that one object and decides again), then post the events.
 
 Killed between 5 and 6, the next tick sees the old status and the new objects, and the
 engine (idempotent) decides the same thing again: no step is skipped or done twice.
 
-Scheduling: each resource is ticked when a watch event wakes it, or when the engine's
-``requeue_after`` (or the idle interval) is due, one tick at a time per resource.
+Scheduling (``modeldeploy.workqueue``): a resource is queued by a watch event on itself or
+on an object it owns, by the engine's ``requeue_after``, by a retry after a failure
+(exponential back-off per resource, reset on success) and by the periodic resync
+(``MODELDEPLOY_RESYNC_SECONDS``, default 10 min), which runs in a lower lane than due work.
+A bounded number of workers process the queue; one resource is never ticked twice at once.
 """
 
 from __future__ import annotations
@@ -25,19 +33,25 @@ import datetime as dt
 import json
 import logging
 import os
+import random
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
+from kubernetes.client import ApiClient
 from pydantic import ValidationError
 
 from modeldeploy import engine, metrics
 from modeldeploy import spec as s
+from modeldeploy.actuator import apply_actions
 from modeldeploy.analysis_runner import AnalysisRunner
-from modeldeploy.kube import objects
-from modeldeploy.kube.client import KubeClient, NamespaceTerminating
+from modeldeploy.kube.cache import ClusterCache
+from modeldeploy.kube.client import USER_AGENT, KubeClient, NamespaceTerminating
+from modeldeploy.observe import observe_deployments
 from modeldeploy.routing import router_for
+from modeldeploy.workqueue import Lane, WorkQueue
 
 log = logging.getLogger("modeldeploy.controller")
 Manifest = dict[str, Any]
@@ -48,8 +62,14 @@ Key = tuple[str, str]
 class OperatorConfig:
     """Operator settings, from environment variables (the chart sets them)."""
 
-    tick_seconds: float = 5.0
+    # A resource at rest is looked at again after this long (watch events come first).
+    resync_seconds: float = 600.0
+    # Resources reconciled at once; Prometheus queries in flight at once, over all of them.
+    workers: int = 16
+    query_concurrency: int = 32
     watch_server_timeout: int = 300
+    # The namespaces to watch; empty: all (``modeldeploy-operator --namespace`` sets them).
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
     metrics_port: int | None = 9090
     leader_election: bool = False
     lease_name: str = "modeldeploy-operator"
@@ -59,63 +79,27 @@ class OperatorConfig:
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
+        env = os.environ.get
         return cls(
-            tick_seconds=float(os.environ.get("MODELDEPLOY_TICK_SECONDS", "5")),
-            watch_server_timeout=int(os.environ.get("MODELDEPLOY_WATCH_TIMEOUT", "300")),
+            resync_seconds=float(env("MODELDEPLOY_RESYNC_SECONDS", "600")),
+            workers=int(env("MODELDEPLOY_WORKERS", "16")),
+            query_concurrency=int(env("MODELDEPLOY_QUERY_CONCURRENCY", "32")),
+            watch_server_timeout=int(env("MODELDEPLOY_WATCH_TIMEOUT", "300")),
+            namespaces=tuple(n for n in env("MODELDEPLOY_NAMESPACES", "").split(",") if n),
             # "off" disables the endpoint (e.g. several operators in one test process).
-            metrics_port=None if os.environ.get("MODELDEPLOY_METRICS_PORT") == "off"
-            else int(os.environ.get("MODELDEPLOY_METRICS_PORT", "9090")),
-            leader_election=os.environ.get("MODELDEPLOY_LEADER_ELECTION", "").lower() == "true",
-            lease_name=os.environ.get("MODELDEPLOY_LEASE_NAME", "modeldeploy-operator"),
+            metrics_port=None if env("MODELDEPLOY_METRICS_PORT") == "off"
+            else int(env("MODELDEPLOY_METRICS_PORT", "9090")),
+            leader_election=env("MODELDEPLOY_LEADER_ELECTION", "").lower() == "true",
+            lease_name=env("MODELDEPLOY_LEASE_NAME", "modeldeploy-operator"),
             # The chart sets POD_NAMESPACE / POD_NAME from the downward API.
-            lease_namespace=os.environ.get("POD_NAMESPACE", "default"),
-            lease_seconds=int(os.environ.get("MODELDEPLOY_LEASE_SECONDS", "15")),
-            identity=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+            lease_namespace=env("POD_NAMESPACE", "default"),
+            lease_seconds=int(env("MODELDEPLOY_LEASE_SECONDS", "15")),
+            identity=env("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
         )
 
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def not_ready_reason(pods: list[Manifest]) -> str | None:
-    """Why pods of a revision are not ready, in the words the cluster used."""
-    for pod in pods:
-        status = pod.get("status") or {}
-        for condition in status.get("conditions") or []:
-            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-                return f"{condition.get('reason', 'Unschedulable')}: {condition.get('message', '')}".strip()
-        for container in status.get("containerStatuses") or []:
-            waiting = (container.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in {"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff",
-                                         "CreateContainerConfigError", "RunContainerError"}:
-                return f"{waiting['reason']}: {waiting.get('message', '')}".strip().rstrip(":")
-    return None
-
-
-def observe_deployments(
-    deployments: list[Manifest], pods: list[Manifest]
-) -> dict[str, engine.DeploymentObservation]:
-    observed: dict[str, engine.DeploymentObservation] = {}
-    for deployment in deployments:
-        labels = deployment["metadata"].get("labels") or {}
-        revision = labels.get(s.LABEL_REVISION)
-        if not revision:
-            continue
-        status = deployment.get("status") or {}
-        revision_pods = [
-            p for p in pods if (p["metadata"].get("labels") or {}).get(s.LABEL_REVISION) == revision
-        ]
-        observed[revision] = engine.DeploymentObservation(
-            revision=revision,
-            track=labels.get(s.LABEL_TRACK, "canary"),
-            desired_replicas=int((deployment.get("spec") or {}).get("replicas") or 0),
-            ready_replicas=int(status.get("readyReplicas") or 0),
-            updated_replicas=int(status.get("updatedReplicas") or 0),
-            available_replicas=int(status.get("availableReplicas") or 0),
-            not_ready_reason=not_ready_reason(revision_pods),
-        )
-    return observed
 
 
 def record_outcomes(
@@ -158,88 +142,102 @@ def status_dict(status: s.ModelDeploymentStatus) -> Manifest:
 class RolloutController:
     def __init__(
         self,
-        kube: KubeClient,
+        api_client: ApiClient,
         config: OperatorConfig,
-        analysis: AnalysisRunner | None = None,
         is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
-        self._kube = kube
-        self._is_leader = is_leader
         self._config = config
-        self._analysis = analysis or AnalysisRunner(kube)
-        self._due: dict[Key, float] = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._running: dict[Key, asyncio.Task[None]] = {}
+        self._is_leader = is_leader
+        self._queue: WorkQueue[Key] = WorkQueue()
+        self.cache = ClusterCache(api_client, USER_AGENT, list(config.namespaces), self.notice,
+                                  config.watch_server_timeout)
+        self._kube = KubeClient(api_client, self.cache)
+        self._analysis = AnalysisRunner(self._kube, config.query_concurrency)
+        self._tasks: list[asyncio.Task[None]] = []
 
     # -- scheduling ------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="modeldeploy-scheduler")
+        # Kube writes and Prometheus queries run in threads: enough for every worker and
+        # every query slot, so neither waits on the other's threads.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(self._config.workers + self._config.query_concurrency,
+                               thread_name_prefix="modeldeploy-io")
+        )
+        await self.cache.start()
+        self._tasks = [
+            asyncio.create_task(self._queue.run_timers(), name="modeldeploy-timers"),
+            asyncio.create_task(self._follow_leadership(), name="modeldeploy-leadership"),
+            *(asyncio.create_task(self._work(), name=f"modeldeploy-worker-{i}")
+              for i in range(self._config.workers)),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        for task in list(self._running.values()):
+        for task in self._tasks:
             task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.cache.stop()
 
-    def notice(self, namespace: str, name: str, gone: bool) -> None:
-        key = (namespace, name)
-        if gone:
-            self._due.pop(key, None)
-            return
-        self._due[key] = 0.0
-        self._wake.set()
+    def notice(self, namespace: str, name: str) -> None:
+        """A watch event on the resource or an object it owns: reconcile it soon."""
+        self._queue.add((namespace, name))
 
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _follow_leadership(self) -> None:
+        leading = True
         while True:
-            if not self._is_leader():
-                # Another replica holds the Lease: keep the schedule, act on nothing, and
-                # export no phase or weight (the leader's gauges are the true ones).
+            now_leading = self._is_leader()
+            if now_leading and not leading:
+                for key in self.cache.model_deployment_keys():
+                    self._queue.add(key)  # nothing was reconciled while another replica led
+            elif leading and not now_leading:
+                # Another replica holds the Lease: act on nothing, and export no phase or
+                # weight (the leader's gauges are the true ones).
                 metrics.forget_all()
-                await asyncio.sleep(0.5)
-                continue
-            now = loop.time()
-            for key, due in list(self._due.items()):
-                if due <= now and key not in self._running:
-                    self._due[key] = now + self._config.tick_seconds
-                    self._running[key] = asyncio.create_task(self._tick_guarded(key))
-            upcoming = [d for k, d in self._due.items() if k not in self._running]
-            delay = max(0.05, min(upcoming, default=now + 1.0) - now)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            leading = now_leading
+            await asyncio.sleep(0.5)
 
-    async def _tick_guarded(self, key: Key) -> None:
+    async def _work(self) -> None:
+        while True:
+            key = await self._queue.get()
+            try:
+                if self._is_leader():
+                    await self._reconcile(key)
+            finally:
+                self._queue.done(key)
+
+    async def _reconcile(self, key: Key) -> None:
         namespace, name = key
         try:
             requeue = await self.tick(namespace, name)
         except NamespaceTerminating:
             # Its namespace is going, and the ModelDeployment with it: nothing to rebuild.
             # A watch event (e.g. the namespace deletion being stuck and the spec edited)
-            # schedules it again.
+            # queues it again.
             log.info("namespace %s is being deleted: %s/%s left alone", namespace, namespace, name)
-            self._due.pop(key, None)
-            requeue = None
+            self._queue.forget(key)
+            return
         except Exception:
-            log.exception("tick of %s/%s failed; retrying in %ss", namespace, name,
-                          self._config.tick_seconds)
-            requeue = self._config.tick_seconds
-        finally:
-            self._running.pop(key, None)
-        if key in self._due and requeue is not None:
-            loop = asyncio.get_running_loop()
-            self._due[key] = min(self._due[key], loop.time() + requeue)
-            self._wake.set()
+            delay = self._queue.failed(key)
+            log.exception("tick of %s/%s failed; retrying in %.1fs", namespace, name, delay)
+            return
+        self._queue.succeeded(key)
+        if self._kube.get_model_deployment(namespace, name) is None:
+            self._queue.forget(key)
+        elif requeue is not None:
+            self._queue.add(key, after=requeue)
+        else:
+            # Spread resyncs so resources created together do not all come back together.
+            self._queue.add(key, after=self._config.resync_seconds * random.uniform(0.9, 1.1),
+                            lane=Lane.RESYNC)
 
     # -- one tick --------------------------------------------------------------------
 
     async def tick(self, namespace: str, name: str) -> float | None:
         """One reconcile of one ModelDeployment; returns seconds until the next one."""
-        body = await self._kube.get_model_deployment(namespace, name)
+        body = self._kube.get_model_deployment(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            self._due.pop((namespace, name), None)
             metrics.forget(namespace, name)
             return None
         now = _utcnow()
@@ -251,8 +249,8 @@ class RolloutController:
             await self._report_invalid(body, status, generation, s.explain(error), now)
             return None  # nothing to retry until the spec changes (a new watch event)
         md.status = status
-        deployments = await self._kube.list_deployments(namespace, name)
-        pods = await self._kube.list_pods(namespace, name)
+        deployments = self._kube.list_deployments(namespace, name)
+        pods = self._kube.list_pods(namespace, name)
         router = router_for(md, self._kube)
         served: int | None = None
         if status.stable_revision:
@@ -265,12 +263,12 @@ class RolloutController:
             analysis=await self._analysis.measure(md, status, now),
         )
         decision = engine.reconcile(md.spec, status, observation, name)
-        await self._apply(md, decision.actions)
+        await apply_actions(self._kube, md, decision.actions)
         new_status = status_dict(decision.status)
         if new_status != (body.get("status") or {}):
             written = await self._kube.write_status(body, new_status)
             if not written:
-                return 0.2  # someone wrote in between: decide again on fresh state
+                return 0.0  # someone wrote in between: decide again on the object read anew
         record_outcomes(namespace, name, status, decision.status)
         for action in decision.actions:
             if isinstance(action, engine.EmitEvent):
@@ -293,39 +291,3 @@ class RolloutController:
             return  # already reported for this generation: no event storm
         if await self._kube.write_status(body, new_status):
             await self._kube.emit_event(body, "Warning", "InvalidSpec", "; ".join(errors))
-
-    async def _apply(self, md: s.ModelDeployment, actions: list[engine.Action]) -> None:
-        namespace = md.metadata.namespace
-        for action in actions:
-            match action:
-                case engine.EnsureConfigMap(revision=revision):
-                    await self._kube.apply(objects.configmap(md, revision))
-                case engine.EnsureDeployment(revision=revision, track=track, replicas=replicas):
-                    await self._kube.apply(objects.deployment(md, revision, track, replicas))
-                    # The track moves (canary -> stable) without touching the template.
-                    await self._kube.label_pods(
-                        namespace,
-                        f"{s.LABEL_NAME}={md.metadata.name},{s.LABEL_REVISION}={revision}",
-                        {s.LABEL_TRACK: track},
-                    )
-                case engine.ScaleDeployment(revision=revision, replicas=replicas):
-                    await self._kube.scale_deployment(
-                        namespace, objects.deployment_name(md.metadata.name, revision), replicas
-                    )
-                case engine.DeleteDeployment(revision=revision):
-                    await self._kube.delete(
-                        "Deployment", namespace, objects.deployment_name(md.metadata.name, revision)
-                    )
-                    await self._kube.delete(
-                        "ConfigMap", namespace, objects.configmap_name(md.metadata.name, revision)
-                    )
-                case engine.EnsureService(revision=revision):
-                    await self._kube.apply(objects.service(md, md.metadata.name, revision))
-                case engine.EnsurePreviewService(revision=revision):
-                    await self._kube.apply(
-                        objects.service(md, objects.preview_service_name(md), revision)
-                    )
-                case engine.SetTrafficWeight(stable_revision=stable, canary_revision=canary, weight=w):
-                    await router_for(md, self._kube).set_weight(md, stable, canary, w)
-                case engine.EmitEvent():
-                    pass  # posted after the status write, so a lost write posts nothing

@@ -1,10 +1,13 @@
 """Kopf handlers: small, settings in one startup handler, state in the resource's status.
 
+Kopf runs the process: settings, start-up and clean-up, signals, the liveness endpoint.
+The watching is the controller's own (modeldeploy.kube.cache): Kopf's watches filter
+labels on the client, so a Kopf handler on Deployments would stream every Deployment of
+the cluster into the operator; the controller's informers select by label on the server.
+
 Why no Kopf timer or daemon: Kopf blocks deletion of a resource with a finalizer while
 a timer or daemon runs for it, and nothing a ModelDeployment owns needs cleaning beyond
-what ownerReferences already garbage-collect. So watch events only *wake* the
-controller (modeldeploy.controller), which ticks each resource on its own schedule in
-one operator-level task; no finalizer is ever added.
+what ownerReferences already garbage-collect. No finalizer is ever added.
 """
 
 from __future__ import annotations
@@ -15,20 +18,17 @@ from typing import Any
 import kopf
 
 from modeldeploy import metrics
-from modeldeploy import spec as s
 from modeldeploy.controller import OperatorConfig, RolloutController
-from modeldeploy.kube.client import KubeClient, load_api_client
+from modeldeploy.kube.client import load_api_client
 from modeldeploy.kube.lease import LeaderElector
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = OperatorConfig.from_env()
-    # Stalled watch streams are a known failure: make the server end them, and the
-    # client give up a little later, so every watch is re-established regularly.
-    settings.watching.server_timeout = config.watch_server_timeout
-    settings.watching.client_timeout = config.watch_server_timeout + 30
-    settings.watching.connect_timeout = 30
+    # Kopf watches nothing here; its own requests (none at run time) get a deadline too.
+    # The controller's watches end on config.watch_server_timeout (stalled watch streams
+    # are a known failure) and are re-established from the last version seen.
     settings.networking.request_timeout = 60
     # The controller posts its own Events (one per phase change); Kopf's would be noise.
     settings.posting.enabled = False
@@ -47,7 +47,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         )
         await memo.elector.start()
     is_leader = (lambda: memo.elector.is_leader) if memo.elector else (lambda: True)
-    memo.controller = RolloutController(KubeClient(api_client), config, is_leader=is_leader)
+    memo.controller = RolloutController(api_client, config, is_leader=is_leader)
     await memo.controller.start()
 
 
@@ -56,18 +56,3 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     await memo.controller.stop()
     if memo.elector is not None:
         await memo.elector.stop()
-
-
-@kopf.on.event(s.GROUP, s.VERSION, s.PLURAL)
-async def model_deployment_changed(
-    type: str, name: str, namespace: str | None, memo: Any, **_: Any
-) -> None:
-    memo.controller.notice(namespace or "default", name, gone=type == "DELETED")
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={s.LABEL_NAME: kopf.PRESENT})
-async def owned_deployment_changed(
-    labels: kopf.Labels, namespace: str | None, memo: Any, **_: Any
-) -> None:
-    # A canary becoming ready is what most steps wait for: tick its owner now.
-    memo.controller.notice(namespace or "default", labels[s.LABEL_NAME], gone=False)

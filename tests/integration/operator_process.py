@@ -34,7 +34,6 @@ class OperatorProcess:
         self,
         kubeconfig: Path,
         log_dir: Path,
-        tick_seconds: float = 1.0,
         extra_env: dict[str, str] | None = None,
         name: str = "operator",
     ) -> None:
@@ -42,7 +41,6 @@ class OperatorProcess:
         self.extra_env = extra_env or {}
         self.name = name
         self.log_dir = log_dir
-        self.tick_seconds = tick_seconds
         self.metrics_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -56,7 +54,6 @@ class OperatorProcess:
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
-            "MODELDEPLOY_TICK_SECONDS": str(self.tick_seconds),
             "MODELDEPLOY_METRICS_PORT": str(self.metrics_port),
             **self.extra_env,
         }

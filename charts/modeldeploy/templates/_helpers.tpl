@@ -60,38 +60,38 @@ ClusterRole (cluster-wide mode) and each Role (namespaced mode), so the two mode
 {{- define "modeldeploy.rbac.namespacedRules" -}}
 # Exactly the requests the operator makes (tests/integration/chart/test_rbac_matches_usage.py
 # compares these rules with the API server's audit log of real rollouts).
-# The custom resource: Kopf lists and watches it, each tick reads it, and the operator replaces
-# its status in one write guarded by resourceVersion. It never writes the object itself.
+# The operator reads everything below from watch-fed caches (operator/modeldeploy/kube/cache.py):
+# each kind is listed once and watched, selected by the modeldeploy.io/name label, and written
+# only when the cached object differs from the desired one.
+# The custom resource: listed and watched; read again after a conflicting status write; its
+# status replaced in one write guarded by resourceVersion. It never writes the object itself.
 - apiGroups: [modeldeploy.io]
   resources: [modeldeployments]
   verbs: [get, list, watch]
 - apiGroups: [modeldeploy.io]
   resources: [modeldeployments/status]
   verbs: [update]
-# One Deployment per revision: created, its labels and replicas patched (also through the
-# scale subresource), deleted once the revision is neither stable, previous nor aborted.
+# One Deployment per revision: created, its labels and replicas patched, deleted (with a UID
+# precondition) once the revision is neither stable, previous nor aborted.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, patch, delete]
-- apiGroups: [apps]
-  resources: [deployments/scale]
-  verbs: [patch]
-# The Services traffic goes through: created, read (their selector), patched.
+# The Services traffic goes through: created, patched back when they drift.
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create, patch]
+  verbs: [list, watch, create, patch]
 # One immutable ConfigMap per revision's config: created, deleted with its revision.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [create, delete]
+  verbs: [list, watch, create, delete]
 # Pod readiness of each track, and relabelling a promoted track's pods.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, patch]
+  verbs: [list, watch, patch]
 # The gateway-api traffic router creates the named HTTPRoute if missing and sets its weights.
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
-  verbs: [get, create, patch]
+  verbs: [list, watch, create, patch]
 # Events explaining each decision (core/v1, a new one each time; Kopf's own posting is off).
 - apiGroups: [""]
   resources: [events]

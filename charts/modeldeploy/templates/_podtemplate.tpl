@@ -57,6 +57,12 @@ spec:
           value: {{ .Values.metrics.port | quote }}
         - name: MODELDEPLOY_WATCH_TIMEOUT
           value: {{ .Values.operator.watchTimeoutSeconds | quote }}
+        - name: MODELDEPLOY_RESYNC_SECONDS
+          value: {{ .Values.operator.resyncSeconds | quote }}
+        - name: MODELDEPLOY_WORKERS
+          value: {{ .Values.operator.workers | quote }}
+        - name: MODELDEPLOY_QUERY_CONCURRENCY
+          value: {{ .Values.operator.queryConcurrency | quote }}
         {{- if .Values.ha.enabled }}
         # Leader election: the Lease (in POD_NAMESPACE) is held under this pod's name (POD_NAME).
         - name: MODELDEPLOY_LEADER_ELECTION

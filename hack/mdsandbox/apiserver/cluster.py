@@ -128,10 +128,20 @@ class Cluster:
 
     @staticmethod
     def render(rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
-        """The object as served at ``rt``'s version."""
+        """The object as served at ``rt``'s version: a deep copy, free to change."""
+        return copy.deepcopy(Cluster.view(rt, obj))
+
+    @staticmethod
+    def view(rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+        """The object as served at ``rt``'s version, sharing everything below the top
+        level with the stored object: only for what is serialised at once (responses,
+        watch events). Stored objects are never changed in place (every write stores a
+        new one), so this is safe, and it spares a deep copy per object per watcher,
+        the largest cost of a LIST or a busy watch at thousands of objects.
+        """
         out = {"kind": rt.kind, "apiVersion": rt.api_version}
         out.update({k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
-        return copy.deepcopy(out)
+        return out
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -356,13 +366,15 @@ class Cluster:
         if rt.plural == "customresourcedefinitions" and not rt.custom:
             obj["status"] = self._crd_status(obj)
         if dry_run:
-            return WriteResult(self.render(rt, obj), warnings)
+            return WriteResult(self.view(rt, obj), warnings)
         metadata["resourceVersion"] = str(self.store.next_version())
         self.store.put(rt.store_key, obj, "ADDED", None)
         self._uids[metadata["uid"]] = (rt.store_key, namespace or "", name)
+        if any(ref.get("uid") not in self._uids for ref in metadata.get("ownerReferences") or []):
+            self.gc_needed = True  # born an orphan: the collector runs only when told to
         if rt.plural == "customresourcedefinitions" and not rt.custom:
             self._serve_crd(obj)
-        return WriteResult(self.render(rt, obj), warnings)
+        return WriteResult(self.view(rt, obj), warnings)
 
     # -- get / list -----------------------------------------------------------------------
 
@@ -395,11 +407,10 @@ class Cluster:
             metadata["continue"] = ""
         items = []
         for obj in objects:
-            item = self.render(rt, obj)
-            if not rt.custom:  # built-in list items carry no kind/apiVersion on a real server
-                item.pop("kind", None)
-                item.pop("apiVersion", None)
-            items.append(item)
+            if rt.custom:
+                items.append(self.view(rt, obj))
+            else:  # built-in list items carry no kind/apiVersion on a real server
+                items.append({k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
         return {"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": metadata,
                 "items": items}
 
@@ -454,7 +465,7 @@ class Cluster:
                     obj.pop("status", None)
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
         obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        old_view = self.render(rt, current)
+        old_view = self.view(rt, current)  # read only: validation's "old self"
         warnings = self._admit(rt, obj, old_view, field_validation,
                                status_only=subresource == "status")
         if rt.has_generation and _spec_part(obj) != _spec_part(current):
@@ -464,9 +475,9 @@ class Cluster:
             obj["status"]["conditions"] = current.get("status", {}).get(
                 "conditions", obj["status"]["conditions"])
         if obj == current:
-            return WriteResult(self.render(rt, current), warnings)
+            return WriteResult(self.view(rt, current), warnings)
         if dry_run:
-            return WriteResult(self.render(rt, obj), warnings)
+            return WriteResult(self.view(rt, obj), warnings)
         return WriteResult(self._write(rt, obj, current), warnings)
 
     def _write(self, rt: ResourceType, obj: dict[str, Any],
@@ -476,11 +487,11 @@ class Cluster:
         if obj["metadata"].get("deletionTimestamp") and not obj["metadata"].get("finalizers"):
             obj["metadata"].pop("finalizers", None)
             self._remove(rt, obj)
-            return self.render(rt, obj)
+            return self.view(rt, obj)
         self.store.put(rt.store_key, obj, "MODIFIED", current)
         if rt.plural == "customresourcedefinitions" and not rt.custom:
             self._serve_crd(obj)
-        return self.render(rt, obj)
+        return self.view(rt, obj)
 
     def _remove(self, rt: ResourceType, obj: dict[str, Any]) -> None:
         self.store.remove(rt.store_key, obj)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
 import json
+import os
 import re
 import threading
 import time
@@ -209,7 +211,7 @@ class _Handlers:
                 self.cluster.check_namespace(rt, namespace, creating=False)
             listing = self.cluster.list(rt, namespace, query)
             if as_table:
-                items = [self.cluster.render(rt, i) for i in listing["items"]]
+                items = [self.cluster.view(rt, i) for i in listing["items"]]
                 return _json(tables.table(rt, items, listing["metadata"], include))
             return _json(listing)
         if info.verb == "get":
@@ -218,10 +220,10 @@ class _Handlers:
             if info.subresource == "scale":
                 return _json(self.cluster.scale(rt, obj))
             if as_table and not info.subresource:
-                rendered = self.cluster.render(rt, obj)
+                rendered = self.cluster.view(rt, obj)
                 return _json(tables.table(rt, [rendered], {
                     "resourceVersion": obj["metadata"]["resourceVersion"]}, include))
-            return _json(self.cluster.render(rt, obj))
+            return _json(self.cluster.view(rt, obj))
         if info.verb == "create":
             if info.name is not None:
                 raise method_not_allowed()
@@ -444,13 +446,23 @@ class _Handlers:
         include = query.get("includeObject", "Metadata")
         first_table = [True]
 
-        async def send(event_type: str, obj: dict[str, Any]) -> None:
+        async def send(event_type: str, obj: dict[str, Any], change: Change | None = None) -> None:
             if as_table and event_type in ("ADDED", "MODIFIED", "DELETED"):
                 obj = tables.table(rt, [obj], {"resourceVersion": obj["metadata"].get(
                     "resourceVersion", "")}, include, with_columns=first_table[0])
                 first_table[0] = False
-            line = json.dumps({"type": event_type, "object": obj}) + "\n"
-            await response.write(line.encode())
+            elif change is not None:
+                # Every JSON watcher of this resource sends the same line for a change:
+                # encode it once, not once per watcher.
+                cache_key = (event_type, rt.api_version)
+                line = change.encoded.get(cache_key)
+                if line is None:
+                    line = (json.dumps({"type": event_type, "object": obj}) + "\n").encode()
+                    change.encoded[cache_key] = line
+                await response.write(line)
+                return
+            line_text = json.dumps({"type": event_type, "object": obj}) + "\n"
+            await response.write(line_text.encode())
 
         def bookmark() -> dict[str, Any]:
             return {"kind": rt.kind, "apiVersion": rt.api_version,
@@ -477,7 +489,7 @@ class _Handlers:
         deadline = time.monotonic() + timeout
         try:
             for obj in initial:
-                await send("ADDED", self.cluster.render(rt, obj))
+                await send("ADDED", self.cluster.view(rt, obj))
             if initial_events:
                 end = bookmark()
                 end["metadata"]["annotations"] = {"k8s.io/initial-events-end": "true"}
@@ -521,14 +533,18 @@ class _Handlers:
                            matches: Any) -> None:
         event = translate(change, matches)
         if event is not None:
-            await send(event[0], self.cluster.render(rt, event[1]))
+            await send(event[0], self.cluster.view(rt, event[1]), change)
 
 
 async def _collect_garbage(cluster: Cluster, wake: asyncio.Event) -> None:
-    """The garbage collector: runs after deletions, and every second to catch up."""
+    """The garbage collector: runs after deletions, and every second while work is left.
+
+    A pass looks at every object, so it runs only when something was deleted (or left
+    for it): at rest, with thousands of objects, it costs nothing.
+    """
     while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), 1.0)
+            await asyncio.wait_for(wake.wait(), 1.0 if cluster.gc_needed else None)
         wake.clear()
         # A short pause lets a burst of deletions land first, as the real GC's queue does.
         await asyncio.sleep(0.05)
@@ -603,6 +619,19 @@ class APIServer:
             raise RuntimeError("the API server did not start within 30 seconds")
 
     def _serve(self) -> None:
+        profile_dir = os.environ.get("MDSANDBOX_PROFILE")
+        if profile_dir:  # see mdsandbox.scale_probe: cProfile is per thread
+            profiler = cProfile.Profile()
+            profiler.enable()
+            try:
+                self._serve_loop()
+            finally:
+                profiler.disable()
+                profiler.dump_stats(str(Path(profile_dir) / "apiserver.prof"))
+            return
+        self._serve_loop()
+
+    def _serve_loop(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 GroupResource = tuple[str, str]  # (group, plural)
@@ -29,6 +29,8 @@ class Change:
     type: str
     obj: dict[str, Any]
     old: dict[str, Any] | None
+    # The encoded watch line per (event type, apiVersion), shared by the watchers.
+    encoded: dict[tuple[str, str], bytes] = field(default_factory=dict)
 
 
 class Watcher:

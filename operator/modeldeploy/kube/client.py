@@ -1,7 +1,8 @@
-"""Apply and read the objects a ModelDeployment owns, through the Kubernetes API.
+"""Apply the objects a ModelDeployment owns through the Kubernetes API; read them from the cache.
 
-The official client is synchronous; every call runs in a worker thread
-(``asyncio.to_thread``) so a slow API server never stalls Kopf's event loop.
+Reads come from the watch-fed caches (``modeldeploy.kube.cache``). Writes use the
+official client, which is synchronous: every call runs in a worker thread
+(``asyncio.to_thread``) with a deadline, so a slow API server never stalls the event loop.
 
 Applying is create-or-patch with a JSON merge patch of the fields the operator owns,
 never a replace, so fields other controllers own survive. One exception is named on
@@ -24,11 +25,14 @@ import kubernetes
 from kubernetes.client import ApiClient, ApiException
 
 from modeldeploy import spec as s
+from modeldeploy.kube.cache import ClusterCache
 
 Manifest = dict[str, Any]
 T = TypeVar("T")
 
 MERGE_PATCH = "application/merge-patch+json"
+# Every call has a deadline (seconds: connect, read).
+REQUEST_TIMEOUT = (10, 30)
 USER_AGENT = f"modeldeploy-operator/{importlib.metadata.version('modeldeploy')}"
 
 
@@ -65,36 +69,70 @@ def _is_namespace_terminating(error: ApiException) -> bool:
     return error.status == 403 and "being terminated" in str(error.body or "")
 
 
-class KubeClient:
-    """The operator's only door to the API server for the objects it owns."""
+def _differs(cached: Manifest, desired: Manifest) -> bool:
+    """True when a field the operator owns on ``desired`` differs on the cached object."""
+    cached_labels = cached["metadata"].get("labels") or {}
+    if any(cached_labels.get(k) != v for k, v in desired["metadata"]["labels"].items()):
+        return True
+    if desired["kind"] == "Deployment":
+        return bool(cached["spec"].get("replicas") != desired["spec"]["replicas"])
+    if desired["kind"] == "Service":
+        selector = {k: v for k, v in desired["spec"]["selector"].items() if v is not None}
+        if (cached["spec"].get("selector") or {}) != selector:
+            return True
+        ports = cached["spec"].get("ports") or []
+        return len(ports) != len(desired["spec"]["ports"]) or any(
+            any(have.get(k) != v for k, v in want.items())
+            for have, want in zip(ports, desired["spec"]["ports"], strict=False)
+        )
+    return False
 
-    def __init__(self, api_client: ApiClient) -> None:
+
+class KubeClient:
+    """The operator's only door to the API server for the objects it owns.
+
+    Reads come from the watch-fed ``ClusterCache`` (no request); writes go to the API
+    server only when the cached object differs from the desired one, and their answers
+    are remembered in the cache.
+    """
+
+    def __init__(self, api_client: ApiClient, cache: ClusterCache) -> None:
         self._api = api_client
+        self.cache = cache
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
         self._apps = kubernetes.client.AppsV1Api(api_client)
         self._core = kubernetes.client.CoreV1Api(api_client)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await asyncio.to_thread(fn, *args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
         except ApiException as error:
             if _is_namespace_terminating(error):
                 raise NamespaceTerminating(str(error.body)) from None
             raise
 
+    def _remember(self, kind: str, answer: Any) -> None:
+        obj = answer if isinstance(answer, dict) else self._api.sanitize_for_serialization(answer)
+        if isinstance(obj, dict) and obj.get("metadata"):
+            self.cache.remember(kind, obj)
+
     # -- the ModelDeployment itself ----------------------------------------------------
 
-    async def get_model_deployment(self, namespace: str, name: str) -> Manifest | None:
+    def get_model_deployment(self, namespace: str, name: str) -> Manifest | None:
+        return self.cache.get(s.KIND, namespace, name)
+
+    async def refresh_model_deployment(self, namespace: str, name: str) -> None:
+        """Read one ModelDeployment from the API server (after a conflict) into the cache."""
         try:
-            body: Manifest = await self._call(
+            body = await self._call(
                 self._custom.get_namespaced_custom_object,
                 s.GROUP, s.VERSION, namespace, s.PLURAL, name,
             )
         except ApiException as error:
             if error.status == 404:
-                return None
+                return  # its DELETED event takes it out of the cache
             raise
-        return body
+        self._remember(s.KIND, body)
 
     async def write_status(self, body: Manifest, status: Manifest) -> bool:
         """Replace the whole status in one write, guarded by resourceVersion. False on a conflict.
@@ -102,38 +140,35 @@ class KubeClient:
         A replace (PUT on /status), not a merge patch: a field the engine cleared (say
         canaryRevision after a promotion) must disappear, which a merge patch would only
         do with explicit nulls. A conflict means someone (a user's `modeldeploy
-        promote`, or another tick) wrote in between: the caller decides again.
+        promote`, or another operator) wrote in between, or the cache was behind: that
+        one object is read again and the caller decides again.
         """
         meta = body["metadata"]
         updated = {**body, "status": status}
         try:
-            await self._call(
+            answer = await self._call(
                 self._custom.replace_namespaced_custom_object_status,
                 s.GROUP, s.VERSION, meta["namespace"], s.PLURAL, meta["name"], updated,
             )
         except ApiException as error:
             if error.status == 409:
+                await self.refresh_model_deployment(meta["namespace"], meta["name"])
                 return False
             raise
+        self._remember(s.KIND, answer)
         return True
 
     # -- owned objects ---------------------------------------------------------------
 
-    async def list_deployments(self, namespace: str, md_name: str) -> list[Manifest]:
-        result = await self._call(
-            self._apps.list_namespaced_deployment,
-            namespace, label_selector=f"{s.LABEL_NAME}={md_name}",
-        )
-        return [self._api.sanitize_for_serialization(item) for item in result.items]
+    def list_deployments(self, namespace: str, md_name: str) -> list[Manifest]:
+        return self.cache.owned("Deployment", namespace, md_name)
 
-    async def list_pods(self, namespace: str, md_name: str) -> list[Manifest]:
-        result = await self._call(
-            self._core.list_namespaced_pod, namespace, label_selector=f"{s.LABEL_NAME}={md_name}"
-        )
-        return [self._api.sanitize_for_serialization(item) for item in result.items]
+    def list_pods(self, namespace: str, md_name: str) -> list[Manifest]:
+        return self.cache.owned("Pod", namespace, md_name)
 
     async def apply(self, manifest: Manifest) -> None:
-        """Create the object, or patch the fields the operator owns on it.
+        """Create the object when the cache lacks it, else patch the fields the operator owns
+        on it, and only those that differ: an object as desired costs no request.
 
         - Deployment: labels and replicas only. A revision's pod template never changes
           (the revision IS the template's hash), and re-sending it would restart pods
@@ -141,18 +176,24 @@ class KubeClient:
         - Service: labels, ports and the selector; a selector key set to None is
           removed (JSON merge patch semantics), so a Service can widen again.
         - ConfigMap: immutable, never patched.
+
+        A create answered 409 means an object the cache does not hold (its watch event is
+        on the way, or it lacks the ``modeldeploy.io/name`` label the caches select by): it
+        is patched as before, which labels it, so the caches see it from then on.
         """
         kind = manifest["kind"]
         namespace = manifest["metadata"]["namespace"]
         name = manifest["metadata"]["name"]
         create, patch = self._verbs(kind)
-        try:
-            await self._call(create, namespace, without_nulls(manifest))
-            return
-        except ApiException as error:
-            if error.status != 409:
-                raise
-        if kind == "ConfigMap":
+        cached = self.cache.get(kind, namespace, name)
+        if cached is None:
+            try:
+                self._remember(kind, await self._call(create, namespace, without_nulls(manifest)))
+                return
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+        if kind == "ConfigMap" or (cached is not None and not _differs(cached, manifest)):
             return
         if kind == "Deployment":
             body = {
@@ -161,47 +202,58 @@ class KubeClient:
             }
         else:
             body = {"metadata": {"labels": manifest["metadata"]["labels"]}, "spec": manifest["spec"]}
-        await self._call(patch, name, namespace, body)
+        self._remember(kind, await self._call(patch, name, namespace, body))
 
-    async def get_service_selector(self, namespace: str, name: str) -> dict[str, str] | None:
-        try:
-            service = await self._call(self._core.read_namespaced_service, name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        selector: dict[str, str] = dict(service.spec.selector or {})
-        return selector
+    def get_service_selector(self, namespace: str, name: str) -> dict[str, str] | None:
+        service = self.cache.get("Service", namespace, name)
+        if service is None:
+            return None
+        return dict(service["spec"].get("selector") or {})
 
     async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
-        await self._call(
-            self._apps.patch_namespaced_deployment_scale,
-            name, namespace, {"spec": {"replicas": replicas}},
-        )
+        """Set a Deployment's replicas when they differ (a missing one has nothing to scale)."""
+        cached = self.cache.get("Deployment", namespace, name)
+        if cached is None or cached["spec"].get("replicas") == replicas:
+            return
+        self._remember("Deployment", await self._call(
+            self._apps.patch_namespaced_deployment, name, namespace,
+            {"spec": {"replicas": replicas}},
+        ))
 
     async def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete an object the cache holds, only if it is still that object (UID precondition)."""
+        cached = self.cache.get(kind, namespace, name)
+        if cached is None:
+            return
         deleters: dict[str, Callable[..., Any]] = {
             "Deployment": self._apps.delete_namespaced_deployment,
             "Service": self._core.delete_namespaced_service,
             "ConfigMap": self._core.delete_namespaced_config_map,
         }
+        options = {"preconditions": {"uid": cached["metadata"].get("uid")}}
         try:
-            await self._call(deleters[kind], name, namespace)
+            await self._call(deleters[kind], name, namespace, body=options)
         except ApiException as error:
-            if error.status != 404:
+            if error.status not in (404, 409):  # gone already, or replaced by another object
                 raise
 
-    async def label_pods(self, namespace: str, selector: str, labels: dict[str, str]) -> None:
-        result = await self._call(
-            self._core.list_namespaced_pod, namespace, label_selector=selector
-        )
-        for pod in result.items:
-            current = pod.metadata.labels or {}
+    async def label_pods(
+        self, namespace: str, md_name: str, revision: str, labels: dict[str, str]
+    ) -> None:
+        """Label the revision's pods that lack ``labels`` (the others cost nothing)."""
+        for pod in self.list_pods(namespace, md_name):
+            current = pod["metadata"].get("labels") or {}
+            if current.get(s.LABEL_REVISION) != revision:
+                continue
             if any(current.get(k) != v for k, v in labels.items()):
-                await self._call(
-                    self._core.patch_namespaced_pod,
-                    pod.metadata.name, namespace, {"metadata": {"labels": labels}},
-                )
+                try:
+                    self._remember("Pod", await self._call(
+                        self._core.patch_namespaced_pod,
+                        pod["metadata"]["name"], namespace, {"metadata": {"labels": labels}},
+                    ))
+                except ApiException as error:
+                    if error.status != 404:  # a pod that just went needs no label
+                        raise
 
     def _verbs(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
         verbs: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
@@ -221,7 +273,11 @@ class KubeClient:
         return verbs[kind]
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
-        """One key of a Secret, decoded; None when the Secret or key is missing."""
+        """One key of a Secret, decoded; None when the Secret or key is missing.
+
+        Read from the API server when an analysis round needs it (never at rest), so a
+        rotated token takes effect at the next round without watching Secrets.
+        """
         try:
             secret = await self._call(self._core.read_namespaced_secret, name, namespace)
         except ApiException as error:
@@ -233,30 +289,25 @@ class KubeClient:
 
     # -- HTTPRoutes (the gatewayAPI router) -------------------------------------------
 
-    async def get_http_route(self, namespace: str, name: str) -> Manifest | None:
-        try:
-            body: Manifest = await self._call(
-                self._custom.get_namespaced_custom_object,
-                "gateway.networking.k8s.io", "v1", namespace, "httproutes", name,
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return body
+    def get_http_route(self, namespace: str, name: str) -> Manifest | None:
+        return self.cache.get("HTTPRoute", namespace, name)
 
-    async def apply_http_route(self, manifest: Manifest) -> None:
-        await self._call(
-            self._custom.create_namespaced_custom_object,
-            "gateway.networking.k8s.io", "v1", manifest["metadata"]["namespace"], "httproutes",
-            manifest,
-        )
+    async def create_http_route(self, manifest: Manifest) -> None:
+        try:
+            self._remember("HTTPRoute", await self._call(
+                self._custom.create_namespaced_custom_object,
+                "gateway.networking.k8s.io", "v1", manifest["metadata"]["namespace"], "httproutes",
+                manifest,
+            ))
+        except ApiException as error:
+            if error.status != 409:  # the cache is behind: its watch event wakes us again
+                raise
 
     async def patch_http_route(self, namespace: str, name: str, patch: Manifest) -> None:
-        await self._call(
+        self._remember("HTTPRoute", await self._call(
             self._custom.patch_namespaced_custom_object,
             "gateway.networking.k8s.io", "v1", namespace, "httproutes", name, patch,
-        )
+        ))
 
     # -- events ----------------------------------------------------------------------
 

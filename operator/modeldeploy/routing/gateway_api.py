@@ -44,6 +44,13 @@ def canary_weight_of(route: dict[str, Any], md_name: str) -> int | None:
     return round(100 * weights[f"{md_name}-canary"] / total)
 
 
+def _same_refs(have: list[dict[str, Any]], want: list[dict[str, Any]]) -> bool:
+    """The route's refs say what we would write (the server may add defaults such as kind)."""
+    return len(have) == len(want) and all(
+        all(h.get(k) == v for k, v in w.items()) for h, w in zip(have, want, strict=True)
+    )
+
+
 class GatewayAPIRouter:
     def __init__(self, kube: KubeClient) -> None:
         self._kube = kube
@@ -57,10 +64,10 @@ class GatewayAPIRouter:
         await self._kube.apply(objects.service(md, f"{name}-stable", revision=stable))
         await self._kube.apply(objects.service(md, f"{name}-canary", revision=canary or stable))
         namespace = md.metadata.namespace
-        route = await self._kube.get_http_route(namespace, route_name(md))
+        route = self._kube.get_http_route(namespace, route_name(md))
         refs = backend_refs(md, weight if canary else 0)
         if route is None:
-            await self._kube.apply_http_route(
+            await self._kube.create_http_route(
                 {
                     "apiVersion": f"{ROUTE_GROUP}/v1",
                     "kind": "HTTPRoute",
@@ -75,6 +82,8 @@ class GatewayAPIRouter:
             )
             return
         rules = (route.get("spec") or {}).get("rules") or [{}]
+        if all(_same_refs(rule.get("backendRefs") or [], refs) for rule in rules):
+            return  # the route already says so: nothing to write
         new_rules = [{**rule, "backendRefs": refs} for rule in rules]
         # A merge patch replaces lists whole, which is what we want for rules.
         await self._kube.patch_http_route(namespace, route_name(md), {"spec": {"rules": new_rules}})
@@ -82,7 +91,7 @@ class GatewayAPIRouter:
     async def served_weight(
         self, md: s.ModelDeployment, stable: str, canary: str | None
     ) -> int | None:
-        route = await self._kube.get_http_route(md.metadata.namespace, route_name(md))
+        route = self._kube.get_http_route(md.metadata.namespace, route_name(md))
         if route is None:
             return None
         return canary_weight_of(route, md.metadata.name)

@@ -44,7 +44,7 @@ class ReplicasRouter:
     ) -> int | None:
         """The canary's share among the READY pods the Service selects now."""
         namespace, name = md.metadata.namespace, md.metadata.name
-        selector = await self._kube.get_service_selector(namespace, name)
+        selector = self._kube.get_service_selector(namespace, name)
         if selector is None:
             return None
         narrowed = selector.get(s.LABEL_REVISION)
@@ -52,7 +52,7 @@ class ReplicasRouter:
             return 100 if narrowed == canary else 0
         if canary is None:
             return 0
-        deployments = await self._kube.list_deployments(namespace, name)
+        deployments = self._kube.list_deployments(namespace, name)
         stable_ready = ready_replicas(deployments, objects.deployment_name(name, stable))
         canary_ready = ready_replicas(deployments, objects.deployment_name(name, canary))
         return served_share(stable_ready, canary_ready)

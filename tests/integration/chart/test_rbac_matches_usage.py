@@ -184,7 +184,7 @@ class ChartModeOperator(OperatorProcess):
     def start(self) -> None:
         self.starts += 1
         env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig),
-               "MODELDEPLOY_TICK_SECONDS": "1", "MODELDEPLOY_METRICS_PORT": str(self.metrics_port)}
+               "MODELDEPLOY_METRICS_PORT": str(self.metrics_port)}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [str(BIN / "modeldeploy-operator"), *self.args],
