@@ -201,7 +201,13 @@ class KubeClient:
                 "spec": {"replicas": manifest["spec"]["replicas"]},
             }
         else:
-            body = {"metadata": {"labels": manifest["metadata"]["labels"]}, "spec": manifest["spec"]}
+            spec = dict(manifest["spec"])
+            if cached is not None:
+                # A merge patch keeps keys it does not name: remove a selector key someone
+                # added, or the Service would select fewer pods than it should.
+                extra = set(cached["spec"].get("selector") or {}) - set(spec["selector"])
+                spec["selector"] = {**spec["selector"], **dict.fromkeys(extra)}
+            body = {"metadata": {"labels": manifest["metadata"]["labels"]}, "spec": spec}
         self._remember(kind, await self._call(patch, name, namespace, body))
 
     def get_service_selector(self, namespace: str, name: str) -> dict[str, str] | None:
