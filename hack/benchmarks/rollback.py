@@ -180,7 +180,8 @@ def report(args: argparse.Namespace, results: list[RunResult], took_s: float) ->
     bound = first_failure + scrape + window
     print(f"bound: the canary's first failure (~{first_failure:.1f}s at this rate) + its scrape "
           f"(<= {scrape:g}s) + the next analysis round (<= interval {window:g}s, "
-          f"scheduled at its time) + the switch (same reconcile) = {bound:.1f}s for a fault far above the threshold; "
+          f"scheduled at its time) + the switch (same reconcile) = {bound:.1f}s for a fault far "
+          "above the threshold; "
           f"one near it also waits for the {window:g}s rate window to fill: {bound + window:.1f}s "
           "(README.md, 'How fast a bad canary is caught')")
 

@@ -540,8 +540,10 @@ class MDWatcher:
                     for item in body.get("items") or []:
                         self._apply("ADDED", item)
                     resource_version = str(body["metadata"]["resourceVersion"])
-                params = {"watch": "1", "resourceVersion": resource_version,
-                          "allowWatchBookmarks": "true", "timeoutSeconds": "60"}
+                # No bookmarks: the sandbox ends a watch with a bookmark of its newest
+                # resourceVersion even when changes are still queued for that watch, and
+                # resuming from it loses them (seen at N=100 with the old operator).
+                params = {"watch": "1", "resourceVersion": resource_version, "timeoutSeconds": "60"}
                 with self.http.stream("GET", self.path, params=params) as stream:
                     if stream.status_code == 410:
                         resource_version = None
@@ -599,9 +601,9 @@ class RestFigures:
 @dataclass
 class NResult:
     n: int
-    create_s: float = 0.0  # sending the N creates
-    all_succeeded_s: float = 0.0
-    succeeded_p50_s: float = 0.0
+    create_s: float | None = None  # sending the N creates
+    all_succeeded_s: float | None = None
+    succeeded_p50_s: float | None = None
     settled: bool = True
     rest: RestFigures | None = None
     rss_before_unrelated_mb: float | None = None
@@ -660,8 +662,10 @@ class Bench:
 
     # -- 1 -----------------------------------------------------------------------------
 
-    def run_n(self, n: int) -> NResult:
+    def run_n(self, n: int, results: list[NResult]) -> None:
+        """Measure N; the result joins ``results`` at once, so a later failure keeps what was measured."""
         result = NResult(n=n)
+        results.append(result)
         names = [f"md-{i:04d}" for i in range(n)]
         deadline = self.deadline(n)
         self.api.create_namespace(NAMESPACE)
@@ -702,7 +706,6 @@ class Bench:
             watcher.stop()
         self.say(f"N={n}: deleting namespace {NAMESPACE} ...")
         self.api.delete_namespace(NAMESPACE, deadline, self.operator.check)
-        return result
 
     def wait_all(self, watcher: MDWatcher, names: list[str], done: Callable[[str, MDState], bool],
                  deadline_s: float, what: str) -> dict[str, float]:
@@ -1219,7 +1222,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_detection:
             alone = bench.detection("alone")
         for n in args.n:
-            results.append(bench.run_n(n))
+            bench.run_n(n, results)
     except (BenchError, DemoError, SandboxError, httpx.HTTPError) as error:
         failed = str(error)
         code = 1

@@ -468,6 +468,16 @@ class _Handlers:
             return {"kind": rt.kind, "apiVersion": rt.api_version,
                     "metadata": {"resourceVersion": str(store.resource_version)}}
 
+        async def send_bookmark() -> None:
+            # A bookmark promises every change up to its version was sent: send the changes
+            # still queued for this watcher first, or a client resuming from it loses them.
+            while not watcher.queue.empty():
+                queued = watcher.queue.get_nowait()
+                if queued is None:
+                    return
+                await self._send_change(send, rt, queued, matches)
+            await send("BOOKMARK", bookmark())
+
         # client-go's watch-list (kubectl wait, informers): the current state as ADDED
         # events, then a bookmark marking their end, then changes.
         initial_events = query.get("sendInitialEvents") in ("true", "1", "True")
@@ -514,14 +524,14 @@ class _Handlers:
                     if transport is None or transport.is_closing():
                         break  # the client hung up; stop holding a watcher for it
                     if bookmarks and time.monotonic() >= next_bookmark:
-                        await send("BOOKMARK", bookmark())
+                        await send_bookmark()
                         next_bookmark = time.monotonic() + BOOKMARK_EVERY_SECONDS
                     continue
                 if pending is None:  # the server is stopping
                     break
                 await self._send_change(send, rt, pending, matches)
             if bookmarks and time.monotonic() >= deadline:
-                await send("BOOKMARK", bookmark())
+                await send_bookmark()
             await response.write_eof()
         except ConnectionResetError:
             pass  # the client went away
