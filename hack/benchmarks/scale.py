@@ -5,7 +5,7 @@
     hack/bench scale --n 100 --operator-src /tmp/before/operator --label before
     hack/bench scale --n 3 --image modeldeploy/fake-upstream:v1   # real processes, small N
 
-One local sandbox (``--scrape-interval``, default 5s; or ``--dir`` of a running one) and ONE
+One local sandbox (``--scrape-interval``, default 1s; or ``--dir`` of a running one) and ONE
 operator process, started as the chart runs it with its defaults: ``modeldeploy-operator
 --standalone`` with only KUBECONFIG and MODELDEPLOY_METRICS_PORT set (every other
 MODELDEPLOY_* variable is removed from the environment). ``--operator-src DIR`` runs the
@@ -30,9 +30,27 @@ bake ``--bake-time`` (default 0s). Figures:
    (nearest rank: with 20 changes p99 is the slowest);
 4. one env-var change on all N at once -> all N ``Succeeded`` on the new revision;
 5. bad canary detection among the N at rest: ``hack/bench rollback``'s run (song-analyzer
-   with traffic, the fake upstream failing 30% of the new model's calls, fault ->
-   ``RolledBack``) in the namespace ``bench``, ``--detection-runs`` times, next to the same
-   runs with no other ModelDeployment (measured once, before the first N);
+   with traffic at 10 req/s, analysis every ``--detection-interval``, default 3s; the canary
+   holds at 50%, then the fake upstream fails 30% of the new model's calls) in the
+   namespace ``bench``, ``--detection-runs`` times (default 3), next to the same runs with no
+   other ModelDeployment ("alone", measured once, before the first N). Per run: fault ->
+   ``RolledBack`` and fault -> all traffic on stable, as ``hack/bench rollback`` reports
+   them. Both mostly measure when the fault lands within the analysis round (up to one
+   interval of wait, at random), so they are shown but not compared. What scale can change
+   is measured from song-analyzer's status, which the benchmark watches throughout
+   (``status.analysis[].time`` is the ``now`` of the reconcile that ran a round; its "seen"
+   time is when the watch delivered the status that carried it first):
+   - round lateness: each analysis round run while the canary holds at 50% (first seen in
+     a status of the pause step, up to the breaching round, over all runs; from the third
+     on: the second can wait a second more after the step's start, alone too) is due one
+     interval after the previous one; lateness = its seen time - the previous round's seen
+     time - interval
+     (the status times are whole seconds, too coarse for this: the same figure from them,
+     ``stamped``, is in the JSON);
+   - revert latency: the seen time of the ``RolledBack`` status - the breaching round's
+     status time (its whole second: up to 1 s more than the true figure);
+   - the target's figure: extra round lateness among the N vs alone (p50 and max, each the
+     figure among N minus the same alone), PASS when the max is <= 1 s;
 6. RSS growth of the idle operator from ``--unrelated`` Deployments (0 replicas, about 3 KB
    each, none of the modeldeploy labels) in another namespace: RSS once it is steady (within
    1 MB for 5 s) after they are created, minus RSS before.
@@ -77,6 +95,7 @@ from mdsandbox.demo import (
     DemoError,
     OperatorProcess,
     RolloutFollower,
+    Snapshot,
     Timeline,
     apply,
     free_port,
@@ -144,16 +163,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="unrelated Deployments added to measure RSS growth (0: skip)")
     parser.add_argument("--skip-detection", action="store_true",
                         help="skip the bad-canary detection figure (the slowest)")
-    parser.add_argument("--detection-runs", type=int, default=2,
+    parser.add_argument("--detection-runs", type=int, default=3,
                         help="bad-canary runs per N (and alone)")
-    parser.add_argument("--detection-interval", default="15s",
+    parser.add_argument("--detection-interval", default="3s",
                         help="song-analyzer's analysis interval in the detection runs "
                              "(also its rate window: give it a few scrapes)")
     parser.add_argument("--image", default=PAUSE_IMAGE,
                         help="image of the N ModelDeployments' pods (modeldeploy/fake-upstream:v1 "
                              "runs real processes: small N only)")
     parser.add_argument("--bake-time", default="0s", help="rollback.bakeTime of the N")
-    parser.add_argument("--scrape-interval", default="5s", help="Prometheus scrape interval")
+    parser.add_argument("--scrape-interval", default="1s",
+                        help="Prometheus scrape interval (the N's pods run no process: not scraped)")
     parser.add_argument("--phase-timeout", type=float, default=None,
                         help="seconds each step may take (default: 300 + 0.6 s x N)")
     parser.add_argument("--dir", type=Path, default=None,
@@ -569,6 +589,45 @@ class MDWatcher:
                 time.sleep(0.5)
 
 
+@dataclass(frozen=True)
+class SeenStatus:
+    at: float  # wall clock (time.time()), when the watch delivered it
+    snapshot: Snapshot
+    exact: bool  # False: delivered by a list after a broken watch, so seen late
+
+
+class RoundWatcher(MDWatcher):
+    """Every status of one ModelDeployment, with the wall time the watch delivered it."""
+
+    def __init__(self, api_url: str, namespace: str, name: str) -> None:
+        super().__init__(api_url, namespace)
+        self.name = name
+        self.events: list[SeenStatus] = []
+        self._version: str | None = None
+
+    def _apply(self, kind: str, body: Manifest) -> None:
+        super()._apply(kind, body)
+        meta = body.get("metadata") or {}
+        if kind == "DELETED" or meta.get("name") != self.name:
+            return
+        version = str(meta.get("resourceVersion"))
+        with self._lock:
+            if version == self._version:
+                return  # the same object listed again
+            # ADDED after earlier events: a list after a broken watch, changes maybe missed.
+            exact = not (kind == "ADDED" and self.events)
+            self.events.append(SeenStatus(time.time(), Snapshot.of(body), exact))
+            self._version = version
+
+    def mark(self) -> int:
+        with self._lock:
+            return len(self.events)
+
+    def since(self, mark: int) -> list[SeenStatus]:
+        with self._lock:
+            return self.events[mark:]
+
+
 # --------------------------------------------------------------------------- figures
 
 
@@ -598,6 +657,141 @@ class RestFigures:
         return count / self.mds / (self.window_s / 60)
 
 
+def stamp_seconds(text: str) -> float:
+    """An RFC 3339 status time as seconds since the epoch."""
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def p50(values: list[float]) -> float | None:
+    return percentile(values, 50) if values else None
+
+
+@dataclass
+class DetectionRun:
+    """One bad-canary run: hack/bench rollback's figures and what the status watch saw."""
+
+    to_rolled_back_s: float
+    to_stable_s: float
+    rounds: int = 0  # analysis rounds seen while the canary held at 50%, the breaching one too
+    lateness_s: list[float] = field(default_factory=list)  # seen - previous seen - interval
+    stamped_lateness_s: list[float] = field(default_factory=list)  # the same from status times
+    revert_s: float | None = None  # RolledBack seen - the breaching round's status time
+    breach: str = ""  # the RolledBack status message
+
+
+def holding(snapshot: Snapshot, stable: str | None) -> bool:
+    """The run's canary holds at 50% (the pause step), not yet reverted."""
+    return (snapshot.canary is not None and snapshot.stable == stable and snapshot.weight == 50
+            and "paused until" in snapshot.message and snapshot.phase != "RolledBack")
+
+
+def read_rounds(run: DetectionRun, events: list[SeenStatus], stable: str | None, interval_s: float) -> None:
+    """Fill ``run``'s round lateness and revert latency from the statuses seen during it."""
+    first_seen: dict[str, int] = {}  # round time -> index of the first status that carried it
+    for index, event in enumerate(events):
+        if event.snapshot.round_time and event.snapshot.round_time not in first_seen:
+            first_seen[event.snapshot.round_time] = index
+    start = next((i for i, e in enumerate(events) if holding(e.snapshot, stable)), None)
+    end = next((i for i, e in enumerate(events) if e.snapshot.phase == "RolledBack"
+                and (start is None or i > start)), None)
+    if start is None or end is None:
+        return
+    # Rounds run in the hold: first seen from its first status on. The round of the step before
+    # (still in the status when the pause step begins) is left out, and with it the wait at the
+    # step's start, which scale does not change.
+    rounds: list[str] = []
+    for event in events[start:end + 1]:
+        stamp = event.snapshot.round_time
+        if stamp and (not rounds or stamp != rounds[-1]) and first_seen[stamp] >= start:
+            rounds.append(stamp)
+    run.rounds = len(rounds)
+    # The hold's first round may share the reconcile that began the pause step, which then
+    # ticks again a second later (a step's first look) and waits an interval from there: the
+    # round after it comes about 1 s late alone too. Lateness counts from the second round on.
+    for before, after in itertools.pairwise(rounds[1:]):
+        run.stamped_lateness_s.append(stamp_seconds(after) - stamp_seconds(before) - interval_s)
+        seen_before, seen_after = events[first_seen[before]], events[first_seen[after]]
+        if seen_before.exact and seen_after.exact:
+            run.lateness_s.append(seen_after.at - seen_before.at - interval_s)
+    reverted = events[end]
+    run.breach = reverted.snapshot.message
+    breaching = reverted.snapshot.round_time or (rounds[-1] if rounds else None)
+    if breaching and reverted.exact:
+        run.revert_s = reverted.at - stamp_seconds(breaching)
+
+
+@dataclass
+class Detection:
+    """The bad-canary runs in one place (alone, or among N)."""
+
+    runs: list[DetectionRun] = field(default_factory=list)
+
+    @property
+    def to_rolled_back_median(self) -> float | None:
+        return statistics.median(r.to_rolled_back_s for r in self.runs) if self.runs else None
+
+    @property
+    def to_stable_median(self) -> float | None:
+        return statistics.median(r.to_stable_s for r in self.runs) if self.runs else None
+
+    @property
+    def lateness(self) -> list[float]:
+        return [x for r in self.runs for x in r.lateness_s]
+
+    @property
+    def lateness_p50(self) -> float | None:
+        return p50(self.lateness)
+
+    @property
+    def lateness_max(self) -> float | None:
+        return max(self.lateness, default=None)
+
+    @property
+    def stamped_lateness_max(self) -> float | None:
+        return max((x for r in self.runs for x in r.stamped_lateness_s), default=None)
+
+    @property
+    def reverts(self) -> list[float]:
+        return [r.revert_s for r in self.runs if r.revert_s is not None]
+
+    @property
+    def revert_p50(self) -> float | None:
+        return p50(self.reverts)
+
+    @property
+    def revert_max(self) -> float | None:
+        return max(self.reverts, default=None)
+
+    def extra(self, alone: Detection | None) -> tuple[float | None, float | None, float | None]:
+        """(lateness p50, lateness max, revert p50) here minus the same alone."""
+
+        def minus(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else a - b
+
+        if alone is None:
+            return None, None, None
+        return (minus(self.lateness_p50, alone.lateness_p50), minus(self.lateness_max, alone.lateness_max),
+                minus(self.revert_p50, alone.revert_p50))
+
+    def as_json(self, alone: Detection | None = None) -> Manifest:
+        body: Manifest = {
+            "runs": [asdict(r) for r in self.runs],
+            "to_rolled_back_median_s": self.to_rolled_back_median,
+            "to_stable_median_s": self.to_stable_median,
+            "rounds": sum(r.rounds for r in self.runs),
+            "round_lateness_p50_s": self.lateness_p50,
+            "round_lateness_max_s": self.lateness_max,
+            "stamped_round_lateness_max_s": self.stamped_lateness_max,
+            "revert_latency_p50_s": self.revert_p50,
+            "revert_latency_max_s": self.revert_max,
+        }
+        if alone is not None:
+            late_p50, late_max, revert_p50 = self.extra(alone)
+            body["extra_vs_alone"] = {"round_lateness_p50_s": late_p50, "round_lateness_max_s": late_max,
+                                      "revert_latency_p50_s": revert_p50}
+        return body
+
+
 @dataclass
 class NResult:
     n: int
@@ -611,7 +805,7 @@ class NResult:
     canary_latencies_s: list[float] = field(default_factory=list)
     all_change_s: float | None = None
     all_change_p50_s: float | None = None
-    detection_s: list[float] = field(default_factory=list)
+    detection: Detection | None = None
 
     @property
     def unrelated_mb(self) -> float | None:
@@ -626,10 +820,6 @@ class NResult:
     @property
     def canary_p99(self) -> float | None:
         return percentile(self.canary_latencies_s, 99) if self.canary_latencies_s else None
-
-    @property
-    def detection_median(self) -> float | None:
-        return statistics.median(self.detection_s) if self.detection_s else None
 
 
 class Bench:
@@ -701,7 +891,7 @@ class Bench:
             # -- 5 -------------------------------------------------------------------
             if not self.args.skip_detection:
                 self.settle(watcher, n)
-                result.detection_s = self.detection(f"N={n}")
+                result.detection = self.detection(f"N={n}")
         finally:
             watcher.stop()
         self.say(f"N={n}: deleting namespace {NAMESPACE} ...")
@@ -883,19 +1073,22 @@ class Bench:
 
     # -- 5 -------------------------------------------------------------------------------
 
-    def detection(self, where: str) -> list[float]:
-        """hack/bench rollback's runs, in its namespace; fault -> RolledBack, seconds."""
+    def detection(self, where: str) -> Detection:
+        """hack/bench rollback's runs, in its namespace, with song-analyzer's status watched."""
         rollback = rollback_benchmark()
         assert self.sandbox.prometheus_url is not None and self.sandbox.fake_upstream_url is not None
         namespace: str = rollback.NAMESPACE
         kubeconfig = self.sandbox.kubeconfig
+        interval_s = parse_duration(self.args.detection_interval)
         self.say(f"{where}: bad canary detection, {self.args.detection_runs} runs of hack/bench "
                  f"rollback (namespace {namespace}, analysis every {self.args.detection_interval}) ...")
         self.ensure_gone(namespace)
         prepare_namespace(namespace, kubeconfig)
         follower = RolloutFollower(self.sandbox.api_url, self.progress, namespace=namespace)
+        watcher = RoundWatcher(self.sandbox.api_url, namespace, SONG_NAME)
+        watcher.start()
         run_args = argparse.Namespace(interval=self.args.detection_interval, error_rate=0.3)
-        times: list[float] = []
+        detection = Detection()
         try:
             apply(song_analyzer(f"{rollback.MODEL_PREFIX}:base", prometheus_url=self.sandbox.prometheus_url,
                                 upstream_url=self.sandbox.fake_upstream_url, namespace=namespace,
@@ -905,16 +1098,34 @@ class Bench:
                                       f"{where}: song-analyzer's first deployment", self.operator)
             follower.traffic = start_traffic(self.sandbox.service_url(namespace, SONG_NAME), rate=10.0)
             for number in range(1, self.args.detection_runs + 1):
-                run = rollback.one_run(number, run_args, self.sandbox, follower, self.operator, first.stable)
-                times.append(run.to_rolled_back_s)
+                mark = watcher.mark()
+                result = rollback.one_run(number, run_args, self.sandbox, follower, self.operator,
+                                          first.stable)
+                # The follower polls; the watch may deliver the RolledBack status a little later.
+                def reverted_seen(since: int = mark) -> bool:
+                    return any(e.snapshot.phase == "RolledBack" for e in watcher.since(since))
+
+                with contextlib.suppress(BenchError):
+                    wait_for(reverted_seen, 10, "", self.operator.check)
+                run = DetectionRun(to_rolled_back_s=result.to_rolled_back_s, to_stable_s=result.to_stable_s)
+                read_rounds(run, watcher.since(mark), first.stable, interval_s)
+                detection.runs.append(run)
+                lateness = ("no round pairs seen" if not run.lateness_s else
+                            f"round lateness p50 {fmt(p50(run.lateness_s), digits=2)} "
+                            f"max {fmt(max(run.lateness_s), digits=2)}")
                 self.say(f"{where}: run {number}: fault -> RolledBack {run.to_rolled_back_s:.1f}s "
-                         f"(all traffic on stable after {run.to_stable_s:.1f}s)")
+                         f"(all traffic on stable after {run.to_stable_s:.1f}s); {run.rounds} rounds at "
+                         f"50%, {lateness}, revert latency {fmt(run.revert_s, digits=2)}")
         finally:
+            watcher.stop()
             if follower.traffic is not None:
                 follower.traffic.stop()
             follower.close()
+        if watcher.error is not None:
+            self.say(f"{where}: the status watch broke at least once ({watcher.error}); rounds seen "
+                     "by a list after it are left out of the lateness")
         self.api.delete_namespace(namespace, 300, self.operator.check)
-        return times
+        return detection
 
 
 def rollback_benchmark() -> ModuleType:
@@ -938,12 +1149,15 @@ def fmt(value: float | None, unit: str = "s", digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}{unit}"
 
 
-def rows_for(results: list[NResult], alone: list[float]) -> list[list[str]]:
+def signed(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}s"
+
+
+def rows_for(results: list[NResult], alone: Detection | None) -> list[list[str]]:
     header = ["N", "create -> all Succeeded", "requests/MD/min at rest (reads, writes, watch opens)",
               "RSS", "CPU at rest", "spec change -> canary p50 / p99", "change all N -> all Succeeded",
-              "bad canary detected (alone)", "RSS +unrelated Deployments"]
+              "bad canary: extra round lateness vs alone p50 / max", "RSS +unrelated Deployments"]
     rows = [header]
-    alone_median = statistics.median(alone) if alone else None
     for r in results:
         rest = r.rest
         requests = "-" if rest is None else (
@@ -951,14 +1165,44 @@ def rows_for(results: list[NResult], alone: list[float]) -> list[list[str]]:
             f"{rest.per_md_min_of(rest.writes):.2f}, {rest.watches})")
         canary = ("-" if r.canary_p50 is None
                   else f"{fmt(r.canary_p50, digits=3)} / {fmt(r.canary_p99, digits=3)}")
-        detection = "-" if r.detection_median is None else (
-            f"{fmt(r.detection_median)} ({fmt(alone_median)})")
+        late_p50, late_max, _ = (None, None, None) if r.detection is None else r.detection.extra(alone)
+        detection = ("-" if late_p50 is None and late_max is None
+                     else f"{signed(late_p50)} / {signed(late_max)}")
         rows.append([
             str(r.n), fmt(r.all_succeeded_s), requests,
             fmt(rest.rss_mb if rest else None, " MB", 0), fmt(rest.cpu_cores if rest else None, "", 3),
             canary, fmt(r.all_change_s), detection, fmt(r.unrelated_mb, " MB", 1),
         ])
     return rows
+
+
+def detection_rows(results: list[NResult], alone: Detection | None) -> list[list[str]]:
+    """The bad-canary runs alone and among each N; empty when none ran."""
+    header = ["where", "runs", "fault -> RolledBack median (min-max)", "fault -> stable median",
+              "rounds at 50%", "round lateness p50 / max", "(from status times, max)",
+              "revert latency p50 / max", "extra vs alone: lateness p50 / max, revert p50"]
+    places = ([("alone", alone)] if alone is not None else []) + [
+        (f"among N={r.n}", r.detection) for r in results if r.detection is not None]
+    rows = [header]
+    for where, d in places:
+        assert d is not None
+        if not d.runs:
+            rows.append([where, "0", *["-"] * (len(header) - 2)])
+            continue
+        times = [r.to_rolled_back_s for r in d.runs]
+        extra = "-"
+        if d is not alone and alone is not None:
+            late_p50, late_max, revert_p50 = d.extra(alone)
+            extra = f"{signed(late_p50)} / {signed(late_max)}, {signed(revert_p50)}"
+        rows.append([
+            where, str(len(d.runs)),
+            f"{fmt(d.to_rolled_back_median)} ({min(times):.1f}-{max(times):.1f}s)",
+            fmt(d.to_stable_median), str(sum(r.rounds for r in d.runs)),
+            f"{fmt(d.lateness_p50, digits=2)} / {fmt(d.lateness_max, digits=2)}",
+            fmt(d.stamped_lateness_max, digits=0),
+            f"{fmt(d.revert_p50, digits=2)} / {fmt(d.revert_max, digits=2)}", extra,
+        ])
+    return rows if len(rows) > 1 else []
 
 
 def growth_rows(results: list[NResult]) -> list[list[str]]:
@@ -972,7 +1216,6 @@ def growth_rows(results: list[NResult]) -> list[list[str]]:
         ("CPU at rest", lambda r: r.rest.cpu_cores if r.rest else None),
         ("spec change -> canary p99", lambda r: r.canary_p99),
         ("change all N -> all Succeeded", lambda r: r.all_change_s),
-        ("bad canary detected", lambda r: r.detection_median),
     ]
     rows = [["figure", *(f"N {a.n} -> {b.n} (x{b.n / a.n:.1f})" for a, b in itertools.pairwise(results))]]
     for label, get in figures:
@@ -992,7 +1235,7 @@ class Target:
     passed: bool | None  # None: not measured
 
 
-def targets(result: NResult, alone: list[float]) -> list[Target]:
+def targets(result: NResult, alone: Detection | None) -> list[Target]:
     rest = result.rest
     out: list[Target] = []
     if rest is not None:
@@ -1012,12 +1255,17 @@ def targets(result: NResult, alone: list[float]) -> list[Target]:
     p99 = result.canary_p99
     out.append(Target("spec change -> canary p99", f"< {TARGET_CANARY_P99_S:g} s", fmt(p99, "s", 3),
                       None if p99 is None else p99 < TARGET_CANARY_P99_S))
-    among = result.detection_median
-    alone_median = statistics.median(alone) if alone else None
-    extra = None if among is None or alone_median is None else among - alone_median
-    out.append(Target("bad canary reverted, extra time vs alone", f"<= {TARGET_DETECTION_EXTRA_S:g} s",
-                      "-" if extra is None else f"{extra:+.1f}s ({among:.1f}s vs {alone_median:.1f}s)",
-                      None if extra is None else extra <= TARGET_DETECTION_EXTRA_S))
+    among = result.detection
+    late_p50, late_max, revert_p50 = (None, None, None) if among is None else among.extra(alone)
+    measured = "-"
+    if among is not None and alone is not None and late_max is not None:
+        measured = (f"max {signed(late_max)} ({fmt(among.lateness_max, digits=2)} vs "
+                    f"{fmt(alone.lateness_max, digits=2)}), p50 {signed(late_p50)}; revert latency p50 "
+                    f"{signed(revert_p50)}; fault -> RolledBack median {fmt(among.to_rolled_back_median)} "
+                    f"vs {fmt(alone.to_rolled_back_median)}")
+    out.append(Target("bad canary: extra analysis round lateness vs alone (max)",
+                      f"<= {TARGET_DETECTION_EXTRA_S:g} s", measured,
+                      None if late_max is None else late_max <= TARGET_DETECTION_EXTRA_S))
     return out
 
 
@@ -1047,7 +1295,7 @@ def scale_n_unrelated(result: NResult, count: int) -> NResult:
     return scaled
 
 
-def report(args: argparse.Namespace, results: list[NResult], alone: list[float],
+def report(args: argparse.Namespace, results: list[NResult], alone: Detection | None,
            operator: str, command: str, took_s: float) -> tuple[str, list[Target]]:
     """Print the figures; the markdown section for docs/benchmarks.md, and the targets."""
     last = results[-1]
@@ -1057,13 +1305,21 @@ def report(args: argparse.Namespace, results: list[NResult], alone: list[float],
                 f"bake {args.bake_time}; rest window {args.rest_window:g}s after {args.settle:g}s without "
                 f"a change; {args.changes} single changes; {args.unrelated} unrelated Deployments; "
                 + ("no detection runs" if args.skip_detection else
-                   f"{args.detection_runs} detection runs per N, analysis every {args.detection_interval}"))
+                   f"{args.detection_runs} detection runs per N and alone, analysis every "
+                   f"{args.detection_interval}, 10 req/s, 30% of the canary's upstream calls failing"))
     print(f"scale: {', '.join(str(r.n) for r in results)} ModelDeployments in {took_s:.0f}s"
           + (f" ({args.label})" if args.label else ""))
     print(f"operator: {operator}")
     print(f"settings: {settings}")
     print()
     print(text_table(rows_for(results, alone)))
+    detections = detection_rows(results, alone)
+    if detections:
+        print()
+        print("bad canary detection (round lateness: each analysis round's seen time - the previous "
+              "one's - interval, while the canary holds at 50%; revert latency: RolledBack seen - the "
+              "breaching round's status time):")
+        print(text_table(detections))
     unsettled = [r.n for r in results if not r.settled]
     if unsettled:
         print(f"(N={unsettled}: ModelDeployments still changed when the rest window began)")
@@ -1087,6 +1343,9 @@ def report(args: argparse.Namespace, results: list[NResult], alone: list[float],
         title, "", "```console", f"$ {command}", "```", "",
         f"Operator: `{operator}`. Settings: {settings}. Took {took_s:.0f}s.", "",
         markdown_table(rows_for(results, alone)), "",
+        *(["Bad canary detection (round lateness: each analysis round's seen time - the previous one's "
+           "- interval, while the canary holds at 50%; revert latency: RolledBack seen - the breaching "
+           "round's status time):", "", markdown_table(detections), ""] if detections else []),
         *(["Growth between successive N:", "", markdown_table(growth_rows(results)), ""]
           if len(results) > 1 else []),
         f"Targets at N={last.n}:", "",
@@ -1124,7 +1383,7 @@ def write_markdown(path: Path, section: str) -> None:
     path.write_text("\n".join(new) + "\n", encoding="utf-8")
 
 
-def results_json(args: argparse.Namespace, results: list[NResult], alone: list[float], operator: str,
+def results_json(args: argparse.Namespace, results: list[NResult], alone: Detection | None, operator: str,
                  command: str, checks: list[Target], took_s: float) -> Manifest:
     def one(r: NResult) -> Manifest:
         rest = r.rest
@@ -1146,7 +1405,7 @@ def results_json(args: argparse.Namespace, results: list[NResult], alone: list[f
             "spec_change_to_canary_s": {"values": r.canary_latencies_s, "p50": r.canary_p50,
                                         "p99": r.canary_p99},
             "change_all_to_succeeded_s": {"all": r.all_change_s, "p50": r.all_change_p50_s},
-            "detection_s": {"values": r.detection_s, "median": r.detection_median},
+            "detection": None if r.detection is None else r.detection.as_json(alone),
         }
 
     return {
@@ -1157,7 +1416,7 @@ def results_json(args: argparse.Namespace, results: list[NResult], alone: list[f
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "took_s": took_s,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "detection_alone_s": {"values": alone, "median": statistics.median(alone) if alone else None},
+        "detection_alone": None if alone is None else alone.as_json(),
         "results": [one(r) for r in results],
         "targets": [asdict(t) for t in checks],
     }
@@ -1166,7 +1425,7 @@ def results_json(args: argparse.Namespace, results: list[NResult], alone: list[f
 # --------------------------------------------------------------------------- main
 
 
-def save(args: argparse.Namespace, results: list[NResult], alone: list[float], operator: str,
+def save(args: argparse.Namespace, results: list[NResult], alone: Detection | None, operator: str,
          command: str, took_s: float, failed: str | None = None) -> None:
     """Print the report; write the JSON and (unless --no-markdown) the markdown section."""
     section, checks = report(args, results, alone, operator, command, took_s)
@@ -1196,7 +1455,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = Timeline(sys.stderr)
     started = time.monotonic()
     results: list[NResult] = []
-    alone: list[float] = []
+    alone: Detection | None = None
     sandbox = Sandbox(workdir, scrape_interval=args.scrape_interval) if ours else None
     operator: ScaleOperator | None = None
     api: API | None = None

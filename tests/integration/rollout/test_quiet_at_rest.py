@@ -8,12 +8,12 @@ from the sandbox's audit log, by the operator's user agent, as on a real cluster
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mdsandbox.audit import read_audit, verb_class
 from mdsandbox.sandbox import Sandbox
 from mdsandbox.testing import KubeAPI, wait_until
 from operator_process import OperatorProcess, kubectl_apply, model_deployment, run
@@ -22,8 +22,6 @@ from scenario import md_status
 pytestmark = pytest.mark.integration
 
 OPERATOR_AGENT = "modeldeploy-operator/"
-READS = {"get", "list"}
-WRITES = {"create", "update", "patch", "delete", "deletecollection"}
 # Far shorter than the resync period (10 min) and far longer than the old 1-5 s tick.
 REST_WINDOW = 15.0
 # "Within a couple of seconds" of the watch event.
@@ -32,13 +30,9 @@ DRIFT_DEADLINE = 5.0
 
 def operator_requests(sandbox: Sandbox, since: float) -> list[dict[str, Any]]:
     """The operator's API requests since ``since`` (epoch seconds), watches left out."""
-    records = []
-    for line in (Path(sandbox.workdir) / "audit.log").read_text().splitlines():
-        record = json.loads(line)
-        if (record["ts"] >= since and record["userAgent"].startswith(OPERATOR_AGENT)
-                and record["verb"] != "watch"):
-            records.append(record)
-    return records
+    records = read_audit(Path(sandbox.workdir) / "audit.log", since=since,
+                         user_agent_prefix=OPERATOR_AGENT)
+    return [r for r in records if verb_class(r["verb"]) != "watches"]
 
 
 def settled(kube: KubeAPI, namespace: str, name: str) -> str:
@@ -64,8 +58,8 @@ def test_a_succeeded_model_deployment_costs_no_request_at_rest(
     window_start = time.time()
     time.sleep(REST_WINDOW)  # the measurement window itself, not a synchronisation
     requests = operator_requests(sandbox, window_start)
-    writes = [r for r in requests if r["verb"] in WRITES]
-    reads = [r for r in requests if r["verb"] in READS]
+    writes = [r for r in requests if verb_class(r["verb"]) == "writes"]
+    reads = [r for r in requests if verb_class(r["verb"]) == "reads"]
     shown = "\n".join(f"{r['verb']} {r['requestURI']}" for r in requests[:20])
     assert not writes, f"{len(writes)} writes at rest in {REST_WINDOW:g}s:\n{shown}"
     assert not reads, f"{len(reads)} reads at rest in {REST_WINDOW:g}s (a tick polls):\n{shown}"

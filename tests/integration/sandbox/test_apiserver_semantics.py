@@ -193,6 +193,43 @@ def test_a_watch_ends_after_timeout_seconds_with_a_bookmark(client: httpx.Client
     assert int(got[0]["object"]["metadata"]["resourceVersion"]) >= int(rv)
 
 
+def test_the_bookmark_ending_a_watch_comes_after_every_change_up_to_its_version(
+    client: httpx.Client, ns: str, server: APIServer,
+) -> None:
+    """A client resumes from the last bookmark: a change at or below it must have been sent.
+
+    Changes are created while the watch reaches its timeout, so some are still queued for
+    it at the end (a bookmark with the store's newest version sent then lost them).
+    """
+    url = CONFIGMAPS.format(ns=ns)
+    rv = client.get(url).json()["metadata"]["resourceVersion"]
+    created: dict[str, int] = {}
+    stop = threading.Event()
+
+    def flood() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as writer:
+            n = 0
+            while not stop.is_set():
+                answer = writer.post(url, json={"metadata": {"name": f"cm-{n}"}}).json()
+                created[answer["metadata"]["name"]] = int(answer["metadata"]["resourceVersion"])
+                n += 1
+
+    thread = threading.Thread(target=flood)
+    thread.start()
+    try:
+        got = WatchStream(client, f"{url}?watch=1&resourceVersion={rv}&timeoutSeconds=1"
+                                  "&allowWatchBookmarks=true").join()
+    finally:
+        stop.set()
+        thread.join()
+    bookmarks = [e for e in got if e["type"] == "BOOKMARK"]
+    assert bookmarks, "the watch ended without a bookmark"
+    last = int(bookmarks[-1]["object"]["metadata"]["resourceVersion"])
+    sent = {e["object"]["metadata"]["name"] for e in got if e["type"] == "ADDED"}
+    missing = sorted(name for name, version in created.items() if version <= last and name not in sent)
+    assert not missing, f"changes at or below the final bookmark {last} never sent: {missing[:5]}"
+
+
 def test_watch_list_sends_current_state_then_an_initial_events_end_bookmark(
     client: httpx.Client, ns: str,
 ) -> None:
