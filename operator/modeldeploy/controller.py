@@ -28,7 +28,6 @@ A bounded number of workers process the queue; one resource is never ticked twic
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -47,7 +46,7 @@ from modeldeploy import engine, metrics
 from modeldeploy import spec as s
 from modeldeploy.actuator import apply_actions
 from modeldeploy.analysis_runner import AnalysisRunner
-from modeldeploy.kube.cache import ClusterCache
+from modeldeploy.kube.cache import ClusterCache, cancel_and_wait
 from modeldeploy.kube.client import USER_AGENT, KubeClient, NamespaceTerminating
 from modeldeploy.observe import observe_deployments
 from modeldeploy.routing import router_for
@@ -173,11 +172,7 @@ class RolloutController:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         await self.cache.stop()
 
     def notice(self, namespace: str, name: str) -> None:

@@ -386,6 +386,15 @@ class Informer:
         return version
 
 
+async def cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel background tasks and wait until each has ended."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class ClusterCache:
     """Every cached kind, in every watched namespace; ``on_change(namespace, md_name)`` wakes."""
 
@@ -425,11 +434,7 @@ class ClusterCache:
             raise TimeoutError(f"caches not synced after {timeout:.0f}s: {', '.join(slow)}")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         await self._connection.close()
 
     def model_deployment_keys(self) -> list[ObjectKey]:
