@@ -168,23 +168,25 @@ class Store:
         return list(self.by_owner.get((namespace, md_name), {}).values())
 
     def put(self, obj: Manifest) -> bool:
-        """Keep ``obj`` unless a newer version is cached; True when it is news (a new version)."""
+        """Keep ``obj`` unless a newer version is cached; True when it was kept.
+
+        The watch event of the operator's own write (the version it remembered) is kept
+        and wakes its ModelDeployment too, as in controller-runtime: the next reconcile
+        observes what the write did (a router's weight, a Deployment's new replicas).
+        """
         meta = obj["metadata"]
         key = (meta.get("namespace") or "", meta["name"])
         current = self.objects.get(key)
-        changed = True
         if current is not None:
             old, new = resource_version(current), resource_version(obj)
             if old is not None and new is not None and new < old:
                 return False
-            # Our own write's watch event: the same version we remembered, nothing new.
-            changed = old is None or new != old
             self._unindex(key, current)
         self.objects[key] = obj
         owner = owner_name(self.kind, obj)
         if owner is not None:
             self.by_owner.setdefault((key[0], owner), {})[key[1]] = obj
-        return changed
+        return True
 
     def remove(self, obj: Manifest) -> None:
         meta = obj["metadata"]
@@ -354,8 +356,11 @@ class Informer:
         for gone in in_scope:  # deleted while no watch was open
             self._store.remove(gone)
             self._on_change(self.kind, gone)
-        for kept in fresh.values():
-            if self._store.put(kept):
+        for key, kept in fresh.items():
+            before = self._store.objects.get(key)
+            # After a relist (410 Expired), only what changed meanwhile wakes its owner.
+            news = before is None or resource_version(before) != resource_version(kept)
+            if self._store.put(kept) and news:
                 self._on_change(self.kind, kept)
 
     async def _watch(self, version: str) -> str:
