@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,24 +37,23 @@ def _duration(text: str) -> str:
     return text
 
 
-def _gpus(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--gpus must be a whole number >= 0, not {text!r}")
-    return value
+def _at_least_zero(parse: Callable[[str], float], message: str) -> Callable[[str], float]:
+    """An argparse type: ``parse(text)`` when it is a number >= 0, else ``message``."""
+
+    def check(text: str) -> float:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{message}, not {text!r}")
+        return value
+
+    return check
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--since takes seconds ago (a number >= 0), not {text!r}")
-    return value
+_gpus = _at_least_zero(int, "--gpus must be a whole number >= 0")
+_seconds = _at_least_zero(float, "--since takes seconds ago (a number >= 0)")
 
 
 def _audit(workdir: Path, since: float | None, agent: str | None, as_json: bool) -> int:
