@@ -11,6 +11,17 @@ OpenAPI 3.0 boolean form; titles and defaults are dropped (defaults stay in the
 models so the stored object is exactly what git holds); ``additionalProperties:
 false`` is dropped (the API server prunes unknown fields, and the operator's
 ``extra="forbid"`` reports them in status).
+
+A model with no fields (``trafficRouting.replicas``, written ``replicas: {}``) becomes
+``type: object`` with ``x-kubernetes-preserve-unknown-fields: true`` and
+``maxProperties: 0``. Not ``properties: {}``: the API server stores a CRD through Go
+types that drop empty maps, and CEL has no type for an object value whose schema has
+neither properties, nor additionalProperties, nor preserve-unknown-fields, so every
+rule that reads it (the trafficRouting "exactly one of" rule's ``has(self.replicas)``)
+fails with "invalid object type, expected either Properties or AdditionalProperties
+...". Preserve-unknown-fields makes the value an empty map for CEL; ``maxProperties: 0``
+keeps the object empty, refusing a field written inside it at admission instead of
+storing it unpruned.
 """
 
 from __future__ import annotations
@@ -78,6 +89,13 @@ def _structural(node: JSONDict, defs: JSONDict) -> JSONDict:
             out[key] = value
     if out.get("enum") and "type" not in out:
         out["type"] = "string"
+    if (out.get("type") == "object" and not out.get("properties")
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")):
+        # A model with no fields (``replicas: {}``): see the module docstring.
+        out.pop("properties", None)
+        out["x-kubernetes-preserve-unknown-fields"] = True
+        out["maxProperties"] = 0
     # description and type first, then the rest: reads like hand-written CRDs.
     order = {"description": 0, "type": 1}
     return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], 2)))

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from mdsandbox.apiserver.validation import stored_schema
 from modeldeploy import crd, spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,12 +59,31 @@ def _walk(node: object, path: str = "") -> list[tuple[str, dict[str, object]]]:
 
 
 def test_schema_is_structural() -> None:
-    """No $ref, no type-less unions, preserve-unknown-fields only inside the pod template."""
+    """No $ref, no type-less unions, preserve-unknown-fields only inside the pod template
+    and on objects that must stay empty (``maxProperties: 0``, see modeldeploy.crd)."""
     schema = yaml.safe_load(CRD_FILE.read_text())["spec"]["versions"][0]["schema"]
     for path, node in _walk(schema):
         assert "$ref" not in node, path
         assert "anyOf" not in node and "oneOf" not in node, path
         if node.get("x-kubernetes-preserve-unknown-fields"):
-            assert "/template/" in path, f"free-form schema outside the pod template at {path}"
+            assert "/template/" in path or node.get("maxProperties") == 0, (
+                f"free-form schema outside the pod template at {path}")
         if "properties" in node:
             assert node.get("type") == "object", f"{path} has properties but no type: object"
+
+
+def test_every_object_has_a_cel_type_once_the_api_server_has_stored_the_crd() -> None:
+    """The server stores the schema without empty maps (``properties: {}`` goes), and CEL
+    cannot read an object value whose schema then has neither properties, nor
+    additionalProperties, nor preserve-unknown-fields: a rule reading it fails on a real
+    server ("invalid object type, expected either Properties or AdditionalProperties")."""
+    schema = stored_schema(yaml.safe_load(CRD_FILE.read_text())["spec"]["versions"][0]["schema"]
+                           ["openAPIV3Schema"])
+    untyped = [
+        path for path, node in _walk(schema)
+        if node.get("type") == "object" and "properties" not in node
+        and not isinstance(node.get("additionalProperties"), dict)
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+        and not path.endswith("/properties/metadata")
+    ]
+    assert untyped == [], f"objects CEL cannot read on a real server: {untyped}"

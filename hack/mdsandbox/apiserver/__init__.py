@@ -4,7 +4,8 @@ An in-memory stand-in for kube-apiserver, good enough that Kopf, the ``kubernete
 client and kubectl work against it unchanged: discovery, CRUD, list/watch with
 resourceVersions and bookmarks, selectors, the patch kinds, status and scale
 subresources, finalizers, garbage collection, CRDs with schema and CEL validation.
-The Gateway API HTTPRoute CRD (trimmed, ``httproute-crd.yaml``) is registered at start.
+The Gateway API HTTPRoute and Gateway CRDs (trimmed, ``httproute-crd.yaml`` and
+``gateway-crd.yaml``) are registered at start.
 
     server = APIServer(host="127.0.0.1", port=0, audit_log=None)
     server.start(); print(server.url); server.stop()

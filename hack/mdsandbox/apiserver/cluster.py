@@ -1,7 +1,7 @@
 """What the API server does to objects: create, update, patch, delete, list, scale, GC.
 
 Semantics follow kube-apiserver (see ../../../tests/integration/sandbox and the golden
-exchanges in shared/k8s-golden):
+exchanges in tests/golden):
 
 * metadata: uid, creationTimestamp, resourceVersion on every write (cluster-wide
   counter), generation for types that have one (CRs, CRDs, Deployments, ReplicaSets),
@@ -20,6 +20,9 @@ exchanges in shared/k8s-golden):
   its dependents are gone (they are deleted in the background, not recursively
   foreground, and blockOwnerDeletion is not distinguished).
 * deleting a namespace marks it Terminating, deletes its contents, then the namespace.
+* CRDs are stored as kube-apiserver stores them: their schemas round-trip through
+  the Go types (``validation.stored_schema``: empty maps, lists and strings and false
+  booleans dropped), and custom resources are validated against that stored schema.
 * custom resources: schema defaults, pruning of unknown fields (a ``Warning`` header
   by default, 400 with ``fieldValidation=Strict`` as kube-apiserver does), validation
   with CEL rules (see validation.py). Built-in types get defaults but no schema check.
@@ -29,6 +32,10 @@ exchanges in shared/k8s-golden):
   merges the applied configuration in (strategic merge for built-in types, JSON merge
   for custom resources). There is no field-level ownership, so no conflicts between
   managers (``force`` is accepted and changes nothing) and no managedFields.
+* a PUT of a custom resource without ``metadata.resourceVersion`` is Invalid (``0x0: must
+  be specified for an update``); built-in kinds take the current version.
+* updates of built-in kinds keep what the server allocated (a Service's clusterIP) and
+  refuse changes to immutable fields (updates.py).
 * ``dryRun=All`` runs every check and returns the result without storing it.
 """
 
@@ -48,7 +55,7 @@ from typing import Any
 
 import yaml
 
-from . import defaults
+from . import defaults, updates
 from .builtin_schemas import strip_unknown_fields
 from .errors import (
     APIError,
@@ -65,9 +72,10 @@ from .patch import drop_unapplied, json_patch, merge_patch, strategic_merge_patc
 from .resources import CUSTOM_RESOURCE_VERBS, Registry, ResourceType, ScalePaths
 from .selectors import parse_field_selector, parse_label_selector, selector_from_match_labels
 from .store import Store
-from .validation import apply_defaults, prune, validate
+from .validation import apply_defaults, prune, stored_schema, validate
 
 HTTPROUTE_CRD = Path(__file__).with_name("httproute-crd.yaml")
+GATEWAY_CRD = Path(__file__).with_name("gateway-crd.yaml")
 
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
@@ -114,9 +122,9 @@ class Cluster:
                         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
         self.create(self._type("", "v1", "serviceaccounts"), "default",
                     {"metadata": {"name": "default"}})
-        crd = yaml.safe_load(HTTPROUTE_CRD.read_text())
-        self.create(self._type("apiextensions.k8s.io", "v1", "customresourcedefinitions"), None,
-                    crd)
+        for crd_file in (HTTPROUTE_CRD, GATEWAY_CRD):
+            self.create(self._type("apiextensions.k8s.io", "v1", "customresourcedefinitions"),
+                        None, yaml.safe_load(crd_file.read_text()))
         self.store.seal_history()
 
     def _type(self, group: str, version: str, plural: str) -> ResourceType:
@@ -215,9 +223,15 @@ class Cluster:
         if not rt.custom:
             dropped = strip_unknown_fields(rt.group, rt.version, rt.kind, obj)
             self._report_unknown(rt, dropped, field_validation, warnings)
+            if old is not None:
+                updates.carry_over(rt.group, rt.plural, obj, old)
             defaults.apply(rt.group, rt.plural, obj)
             if rt.plural == "customresourcedefinitions":
                 self._admit_crd(obj)
+            if old is not None:
+                causes = updates.immutable_causes(rt.group, rt.plural, obj, old)
+                if causes:
+                    raise invalid(rt.kind, rt.group, obj["metadata"].get("name", ""), causes)
             return warnings
         schema = rt.schema
         if not schema:
@@ -282,6 +296,12 @@ class Cluster:
         names.setdefault("singular", str(names["kind"]).lower())
         names.setdefault("listKind", f"{names['kind']}List")
         spec.setdefault("conversion", {"strategy": "None"})
+        for version in versions or []:
+            schema = version.get("schema") if isinstance(version, dict) else None
+            if isinstance(schema, dict) and isinstance(schema.get("openAPIV3Schema"), dict):
+                # Stored as kube-apiserver stores it; custom resources are then validated
+                # (CEL included) against what was stored, not what was sent.
+                schema["openAPIV3Schema"] = stored_schema(schema["openAPIV3Schema"])
 
     def _crd_status(self, crd: dict[str, Any]) -> dict[str, Any]:
         stamp = now()
@@ -433,6 +453,20 @@ class Cluster:
                               "the previous page unchanged") from exc
 
     # -- update ---------------------------------------------------------------------------
+
+    def replace(self, rt: ResourceType, namespace: str | None, name: str, body: Any, *,
+                subresource: str = "", dry_run: bool = False,
+                field_validation: str = "Warn") -> WriteResult:
+        """A PUT. Custom resources allow no unconditional update (as their strategy in
+        kube-apiserver): the body must carry the resourceVersion it was read at. Built-in
+        kinds take the current one when it is missing."""
+        if rt.custom and isinstance(body, dict) and not (
+                isinstance(body.get("metadata"), dict) and body["metadata"].get("resourceVersion")):
+            self.get(rt, namespace, name)  # a missing object is NotFound first
+            raise invalid(rt.kind, rt.group, name, [Cause(
+                "metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update")])
+        return self.update(rt, namespace, name, body, subresource=subresource, dry_run=dry_run,
+                           field_validation=field_validation)
 
     def update(self, rt: ResourceType, namespace: str | None, name: str, body: Any, *,
                subresource: str = "", dry_run: bool = False,

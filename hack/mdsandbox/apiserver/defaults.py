@@ -82,7 +82,7 @@ def apply(group: str, plural: str, obj: dict[str, Any]) -> None:
                 port.setdefault("protocol", "TCP")
                 if "port" in port:
                     port.setdefault("targetPort", port["port"])
-        if spec.get("clusterIP") != "None" and not spec.get("clusterIP"):
+        if spec["type"] != "ExternalName" and not spec.get("clusterIP"):
             n = next(_cluster_ips)
             spec["clusterIP"] = f"10.96.{n // 250}.{n % 250 + 1}"
         if spec.get("clusterIP") and spec["clusterIP"] != "None":

@@ -237,9 +237,9 @@ class _Handlers:
                 current = self.cluster.get(rt, namespace, info.name)
                 result = self.cluster.update_scale(rt, current, body, dry_run)
             else:
-                result = self.cluster.update(rt, namespace, info.name, body,
-                                             subresource=info.subresource, dry_run=dry_run,
-                                             field_validation=validation)
+                result = self.cluster.replace(rt, namespace, info.name, body,
+                                              subresource=info.subresource, dry_run=dry_run,
+                                              field_validation=validation)
             return _json(result.obj, 200, self._warnings(result.warnings))
         if info.verb == "patch":
             assert info.name is not None

@@ -38,7 +38,8 @@ from celpy.adapter import json_to_cel
 
 from .errors import Cause
 
-__all__ = ["Cause", "apply_defaults", "prune", "validate", "validate_manifest"]
+__all__ = ["Cause", "apply_defaults", "prune", "stored_schema", "validate",
+           "validate_manifest"]
 
 _MISSING = object()
 _BLOCKING_REASONS = {"FieldValueRequired", "FieldValueTypeInvalid"}
@@ -97,6 +98,72 @@ def _body_path(path: str) -> str:
     return path or "body"
 
 
+# -- the schema as stored ----------------------------------------------------------------
+
+# JSONSchemaProps (apiextensions.k8s.io/v1): every field is ``omitempty``, so an empty
+# string, list or map and a false non-pointer boolean vanish when the API server stores
+# a CRD; pointer fields (numbers, default, example, preserve-unknown-fields, list/map
+# type) keep a zero value. Keys it does not declare do not survive decoding.
+_SCHEMA_STRINGS = {"id", "$schema", "description", "type", "format", "title", "pattern"}
+_SCHEMA_BOOLS = {"exclusiveMaximum", "exclusiveMinimum", "uniqueItems", "nullable",
+                 "x-kubernetes-embedded-resource", "x-kubernetes-int-or-string"}
+_SCHEMA_POINTERS = {"$ref", "default", "maximum", "minimum", "maxLength", "minLength",
+                    "maxItems", "minItems", "multipleOf", "maxProperties", "minProperties",
+                    "externalDocs", "example", "x-kubernetes-preserve-unknown-fields",
+                    "x-kubernetes-list-type", "x-kubernetes-map-type"}
+_SCHEMA_LISTS = {"enum", "required", "x-kubernetes-list-map-keys"}
+_SCHEMA_LISTS_OF_SCHEMAS = {"allOf", "oneOf", "anyOf"}
+_SCHEMA_MAPS_OF_SCHEMAS = {"properties", "patternProperties", "definitions"}
+_SCHEMA_SCHEMA_OR_BOOL = {"additionalProperties", "additionalItems"}
+_RULE_FIELDS = ("rule", "message", "messageExpression", "reason", "fieldPath",
+                "optionalOldSelf")
+
+
+def stored_schema(schema: Any) -> Any:
+    """``schema`` as kube-apiserver stores it: round-tripped through its Go type.
+
+    What a real server then validates against, and what a GET of the CRD returns:
+    ``properties: {}``, ``required: []``, ``nullable: false``, ``description: ""`` are
+    gone, which changes how CEL sees a value (``_to_cel``).
+    """
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_STRINGS or key in _SCHEMA_BOOLS or key in _SCHEMA_LISTS:
+            if value:
+                out[key] = value
+        elif key in _SCHEMA_POINTERS:
+            if value is not None:
+                out[key] = value
+        elif key in _SCHEMA_LISTS_OF_SCHEMAS:
+            if value:
+                out[key] = [stored_schema(v) for v in value]
+        elif key in _SCHEMA_MAPS_OF_SCHEMAS:
+            if value:
+                out[key] = {k: stored_schema(v) for k, v in value.items()}
+        elif key in _SCHEMA_SCHEMA_OR_BOOL:
+            if value is not None:
+                out[key] = stored_schema(value) if isinstance(value, dict) else bool(value)
+        elif key == "items":
+            if value is not None:
+                out[key] = ([stored_schema(v) for v in value] if isinstance(value, list)
+                            else stored_schema(value))
+        elif key == "not":
+            if value is not None:
+                out[key] = stored_schema(value)
+        elif key == "dependencies":
+            if value:
+                out[key] = {k: v if isinstance(v, list) else stored_schema(v)
+                            for k, v in value.items()}
+        elif key == "x-kubernetes-validations" and value:
+            out[key] = [
+                {f: rule[f] for f in _RULE_FIELDS
+                 if f == "rule" or (f in rule and rule[f] not in ("", None))}
+                for rule in value if isinstance(rule, dict)]
+    return out
+
+
 # -- the walk ----------------------------------------------------------------------------
 
 
@@ -117,8 +184,19 @@ def validate(schema: dict[str, Any], obj: Any, old: Any = None) -> list[Cause]:
         if _has_rules(schema):
             causes.append(Cause("<nil>", f'Invalid value: "null": {_UNCHECKED}'))
         return causes
-    _run_rules(schema, root, old if old is not None else _MISSING, "", causes)
+    _run_rules(_with_object_meta(schema), root, old if old is not None else _MISSING, "",
+               causes)
     return causes
+
+
+def _with_object_meta(schema: dict[str, Any]) -> dict[str, Any]:
+    """The root as CEL sees it: Kubernetes types ``metadata`` as name and generateName."""
+    properties = schema.get("properties")
+    if not isinstance(properties, dict) or "metadata" not in properties:
+        return schema
+    meta = {"type": "object", "properties": {"name": {"type": "string"},
+                                             "generateName": {"type": "string"}}}
+    return {**schema, "properties": {**properties, "metadata": meta}}
 
 
 def _validate_node(schema: dict[str, Any], value: Any, path: str, causes: list[Cause]) -> None:
@@ -372,30 +450,90 @@ _K8S_FUNCTIONS: dict[str, Callable[..., Any]] = {
 
 @lru_cache(maxsize=512)
 def _program(expression: str) -> Any:
-    env = celpy.Environment()
+    env = celpy.Environment(runner_class=_K8sRunner)
     return env.program(env.compile(expression), functions=_K8S_FUNCTIONS)
 
 
+class _ConversionError(celpy.evaluation.CELEvalError):
+    """A value the schema gives CEL no type for (Kubernetes' ``UnstructuredToVal`` error).
+
+    It sits in the converted map or list where the value was and surfaces only when a
+    rule reads it (lazily, as in Kubernetes), ``has()`` included: see ``_K8sEvaluator``.
+    """
+
+
 def _to_cel(schema: dict[str, Any], value: Any) -> Any:
-    """JSON → CEL values typed by the schema (a ``number`` is a double even when integral)."""
-    if value is None:
-        return None
+    """JSON → CEL values typed by the schema, as Kubernetes' ``UnstructuredToVal`` does.
+
+    A ``number`` is a double even when integral. An object whose schema has neither
+    ``properties`` nor an ``additionalProperties`` schema is an empty map when it has
+    ``x-kubernetes-preserve-unknown-fields: true`` and otherwise has no CEL value at all:
+    reading it is the error a real server reports. Schemas here are as the server stores
+    them (``stored_schema``), where ``properties: {}`` is gone.
+    """
+    if value is None or isinstance(value, celpy.evaluation.CELEvalError):
+        return value
     kind = schema.get("type")
+    if schema.get("x-kubernetes-int-or-string"):
+        return json_to_cel(value)
     if kind == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return celpy.celtypes.DoubleType(float(value))
-    if isinstance(value, dict):
-        props = schema.get("properties") or {}
+    if kind == "object" and isinstance(value, dict):
+        props = schema.get("properties")
         extra = schema.get("additionalProperties")
-        return celpy.celtypes.MapType({
-            celpy.celtypes.StringType(k): _to_cel(
-                props.get(k) or (extra if isinstance(extra, dict) else {}), v)
-            for k, v in value.items()
-        })
+        if "properties" in schema or schema.get("x-kubernetes-embedded-resource"):
+            props = props or {}
+            return celpy.celtypes.MapType({
+                celpy.celtypes.StringType(k): _to_cel(props.get(k) or {}, v)
+                for k, v in value.items()
+            })
+        if isinstance(extra, dict):
+            return celpy.celtypes.MapType({
+                celpy.celtypes.StringType(k): _to_cel(extra, v) for k, v in value.items()})
+        if schema.get("x-kubernetes-preserve-unknown-fields"):
+            return celpy.celtypes.MapType({})
+        return _ConversionError(_NO_OBJECT_TYPE)
+    if isinstance(value, dict):  # no type (only int-or-string or preserve-unknown-fields)
+        return json_to_cel(value)
     if isinstance(value, list):
         items = schema.get("items")
         return celpy.celtypes.ListType(
             [_to_cel(items if isinstance(items, dict) else {}, v) for v in value])
     return json_to_cel(value)
+
+
+_NO_OBJECT_TYPE = ("invalid object type, expected either Properties or AdditionalProperties "
+                   "with Allows=true and non-empty Schema")
+
+
+class _K8sEvaluator(celpy.evaluation.Evaluator):
+    """cel-python where it parts from cel-go on errors.
+
+    cel-go's ``has()`` on an object field converts the field's value first, so a value
+    without a CEL type makes ``has()`` fail (cel-python would call it unset); and an
+    error in a ternary's condition is the ternary's result (cel-python reports a
+    missing overload instead).
+    """
+
+    def macro_has_eval(self, exprlist: Any) -> Any:
+        value = self.visit_children(exprlist)[0]
+        if isinstance(value, _ConversionError):
+            return value
+        return celpy.celtypes.BoolType(not isinstance(value, celpy.evaluation.CELEvalError))
+
+    def expr(self, tree: Any) -> Any:
+        if len(tree.children) == 3:
+            condition = self.visit(tree.children[0])
+            if isinstance(condition, celpy.evaluation.CELEvalError):
+                return condition
+            if isinstance(condition, celpy.celtypes.BoolType):
+                return self.visit(tree.children[1] if condition else tree.children[2])
+        return super().expr(tree)
+
+
+class _K8sRunner(celpy.InterpretedRunner):
+    def evaluate(self, context: Any) -> Any:
+        return _K8sEvaluator(ast=self.ast, activation=self.new_activation()).evaluate(context)
 
 
 def _run_rules(schema: dict[str, Any], value: Any, old: Any, path: str,
@@ -437,8 +575,12 @@ def _run_rule(schema: dict[str, Any], rule: dict[str, Any], value: Any, old: Any
     try:
         result = _program(expression).evaluate(activation)
     except Exception as exc:  # a CEL compile or runtime error is reported, not raised
-        causes.append(Cause(field_path, f"Invalid value: {type_name}: rule evaluation error: "
-                                        f"{expression}: {exc}"))
+        # Kubernetes: "<error> evaluating rule: <message, or the rule when it has none>",
+        # at the field the rule sits on (not its fieldPath).
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+        rule_name = (rule.get("message") or "").strip() or expression.strip()
+        causes.append(Cause(path or "<nil>", f"Invalid value: {type_name}: {error} evaluating "
+                                             f"rule: {rule_name}"))
         return
     if isinstance(result, Exception) or (result is not True and not bool(result)):
         message = rule.get("message") or f"failed rule: {expression}"
@@ -461,11 +603,13 @@ def _run_rule(schema: dict[str, Any], rule: dict[str, Any], value: Any, old: Any
 def validate_manifest(schema: dict[str, Any], obj: Any, old: Any = None) -> list[Cause]:
     """What ``kubectl apply`` of ``obj`` against a real server would be refused for.
 
-    The server's full path: unknown fields (refused under kubectl's default
-    ``fieldValidation=Strict``; reported here as causes with reason ``FieldValueUnknown``
-    and message ``unknown field "<path>"``, where a real server answers 400 with
-    ``strict decoding error: unknown field "<path>"``), then defaults, then ``validate``.
+    The server's full path, against ``schema`` as the server stores it: unknown fields
+    (refused under kubectl's default ``fieldValidation=Strict``; reported here as causes
+    with reason ``FieldValueUnknown`` and message ``unknown field "<path>"``, where a real
+    server answers 400 with ``strict decoding error: unknown field "<path>"``), then
+    defaults, then ``validate``.
     """
+    schema = stored_schema(schema)
     pruned, dropped = prune(schema, obj)
     unknown = [Cause(path, f'unknown field "{path}"', "FieldValueUnknown") for path in dropped]
     return unknown + validate(schema, apply_defaults(schema, pruned), old)

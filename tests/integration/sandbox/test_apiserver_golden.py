@@ -1,4 +1,4 @@
-"""Replays shared/k8s-golden against the sandbox's API server.
+"""Replays tests/golden (recorded from a real kube-apiserver) against the sandbox's API server.
 
 The recordings are one session against a real kube-apiserver, in this order:
 crd-register, crd-validation, generation-status-conflict, finalizers, list-selectors,
@@ -31,16 +31,12 @@ from mdsandbox.apiserver import APIServer
 
 pytestmark = pytest.mark.integration
 
-GOLDEN = Path("/work/shared/k8s-golden")
-if not GOLDEN.is_dir():
-    GOLDEN = Path(__file__).resolve().parents[4] / "shared" / "k8s-golden"
+GOLDEN = Path(__file__).resolve().parents[2] / "golden"  # tests/golden, see its README
 VOLATILE = {"uid", "resourceVersion", "creationTimestamp", "deletionTimestamp",
             "lastTransitionTime", "lastUpdateTime", "continue"}
 
 
 def load(name: str) -> list[dict[str, Any]]:
-    if not (GOLDEN / name).is_file():
-        pytest.skip(f"golden recordings not found at {GOLDEN}")
     exchanges: list[dict[str, Any]] = json.loads((GOLDEN / name).read_text())["exchanges"]
     return exchanges
 

@@ -685,3 +685,61 @@ def test_foreground_deletion_removes_the_owner_after_its_dependents(
     assert client.get(f"{url}/owner").status_code == 200, "the owner waits for its dependent"
     client.patch(f"{url}/dep", json={"metadata": {"finalizers": None}}, headers=MERGE)
     wait_for(lambda: client.get(f"{url}/owner").status_code == 404, "the owner to go")
+
+
+def test_a_deployments_selector_is_immutable(client: httpx.Client, ns: str) -> None:
+    url = DEPLOYMENTS.format(ns=ns)
+    client.post(url, json=deployment("sel"))
+    answer = client.patch(f"{url}/sel", headers=MERGE, json={"spec": {
+        "selector": {"matchLabels": {"app": "sel", "track": "canary"}},
+        "template": {"metadata": {"labels": {"app": "sel", "track": "canary"}}}}})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["message"] == (
+        'Deployment.apps "sel" is invalid: spec.selector: Invalid value: '
+        'v1.LabelSelector{MatchLabels:map[string]string{"app":"sel", "track":"canary"}, '
+        "MatchExpressions:[]v1.LabelSelectorRequirement(nil)}: field is immutable")
+    assert answer.json()["details"]["causes"][0]["field"] == "spec.selector"
+    same = client.patch(f"{url}/sel", headers=MERGE, json={"spec": {"replicas": 3}})
+    assert same.status_code == 200, "other spec fields still change"
+
+
+def test_an_immutable_configmap_keeps_its_data_and_stays_immutable(
+        client: httpx.Client, ns: str) -> None:
+    url = CONFIGMAPS.format(ns=ns)
+    client.post(url, json={"metadata": {"name": "frozen"}, "data": {"a": "1"},
+                           "immutable": True})
+    answer = client.patch(f"{url}/frozen", headers=MERGE,
+                          json={"data": {"a": "2"}, "binaryData": {"b": "AA=="},
+                                "immutable": False})
+    assert answer.status_code == 422, answer.text
+    causes = answer.json()["details"]["causes"]
+    assert {(c["field"], c["reason"], c["message"]) for c in causes} == {
+        (name, "FieldValueForbidden", "Forbidden: field is immutable when `immutable` is set")
+        for name in ("immutable", "data", "binaryData")}
+    labelled = client.patch(f"{url}/frozen", headers=MERGE,
+                            json={"metadata": {"labels": {"x": "y"}}})
+    assert labelled.status_code == 200, "metadata still changes"
+    mutable = client.post(url, json={"metadata": {"name": "thawed"}, "data": {"a": "1"}})
+    assert mutable.status_code == 201
+    assert client.patch(f"{url}/thawed", headers=MERGE,
+                        json={"data": {"a": "2"}}).status_code == 200
+
+
+def test_a_services_cluster_ip_is_kept_by_an_update_without_it_and_cannot_change(
+        client: httpx.Client, ns: str) -> None:
+    url = f"/api/v1/namespaces/{ns}/services"
+    made = client.post(url, json={"metadata": {"name": "svc"}, "spec": {
+        "selector": {"app": "x"}, "ports": [{"port": 80}]}}).json()
+    allocated = made["spec"]["clusterIP"]
+    assert made["spec"]["clusterIPs"] == [allocated]
+    # What `kubectl replace` or an operator's PUT of its own manifest sends: no clusterIP.
+    replaced = client.put(f"{url}/svc", json={"metadata": {"name": "svc"}, "spec": {
+        "selector": {"app": "y"}, "ports": [{"port": 80}]}})
+    assert replaced.status_code == 200, replaced.text
+    assert replaced.json()["spec"]["clusterIP"] == allocated
+    assert replaced.json()["spec"]["clusterIPs"] == [allocated]
+    answer = client.patch(f"{url}/svc", headers=MERGE, json={"spec": {"clusterIP": "10.96.9.9"}})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["message"] == (
+        'Service "svc" is invalid: spec.clusterIPs[0]: Invalid value: []string{"10.96.9.9"}: '
+        "may not change once set")

@@ -262,3 +262,88 @@ def test_unknown_fields_follow_field_validation(client: httpx.Client, validation
         assert 'strict decoding error: unknown field "spec.colour"' in answer.json()["message"]
     else:
         assert "colour" not in answer.json()["spec"]
+
+
+def test_a_put_of_a_custom_resource_without_a_resource_version_is_invalid(
+        client: httpx.Client) -> None:
+    """A custom resource allows no unconditional update: a PUT must say what it read."""
+    made = client.post(THINGS, json={**manifest(), "metadata": {"name": "put"}}).json()
+    del made["metadata"]["resourceVersion"]
+    answer = client.put(f"{THINGS}/put", json={**made, "spec": {"replicas": 2}})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["message"] == (
+        'Thing.x.io "put" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be '
+        "specified for an update")
+    assert answer.json()["details"]["causes"] == [{
+        "reason": "FieldValueInvalid", "field": "metadata.resourceVersion",
+        "message": "Invalid value: 0x0: must be specified for an update"}]
+    current = client.get(f"{THINGS}/put").json()
+    assert current["spec"]["replicas"] == 1
+    assert client.put(f"{THINGS}/put", json={**current, "spec": {"replicas": 2}}).status_code == 200
+
+
+def _routing_crd(plural: str, replicas_schema: dict[str, Any]) -> dict[str, Any]:
+    """A CRD whose ``routing`` must set exactly one of two objects, one of them empty."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.x.io"},
+        "spec": {"group": "x.io", "scope": "Namespaced",
+                 "names": {"plural": plural, "kind": plural.capitalize()[:-1]},
+                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
+                     "openAPIV3Schema": {"type": "object", "properties": {"spec": {
+                         "type": "object", "description": "", "required": [],
+                         "properties": {"routing": {
+                             "type": "object", "nullable": False,
+                             "properties": {
+                                 "replicas": replicas_schema,
+                                 "gatewayAPI": {"type": "object", "properties": {
+                                     "httpRoute": {"type": "string"}}}},
+                             "x-kubernetes-validations": [{
+                                 "rule": "(has(self.replicas) ? 1 : 0) + "
+                                         "(has(self.gatewayAPI) ? 1 : 0) == 1",
+                                 "message": "routing must set exactly one of replicas, "
+                                            "gatewayAPI"}]}}}}}}}]}}
+
+
+def test_a_crd_is_stored_without_empty_fields_as_the_go_types_drop_them(
+        client: httpx.Client) -> None:
+    crd = _routing_crd("emptyfields", {"type": "object", "properties": {}})
+    made = client.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd)
+    assert made.status_code == 201, made.text
+    stored = client.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                        "emptyfields.x.io").json()
+    spec = stored["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec == {"type": "object", "properties": {"routing": {
+        "type": "object",
+        "properties": {"replicas": {"type": "object"},
+                       "gatewayAPI": {"type": "object", "properties": {
+                           "httpRoute": {"type": "string"}}}},
+        "x-kubernetes-validations": crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+            "properties"]["spec"]["properties"]["routing"]["x-kubernetes-validations"]}}}
+
+
+@pytest.mark.parametrize(("plural", "replicas_schema", "refusal"), [
+    pytest.param("emptyprops", {"type": "object", "properties": {}},
+                 'Emptyprop.x.io "r" is invalid: spec.routing: Invalid value: "object": invalid '
+                 "object type, expected either Properties or AdditionalProperties with "
+                 "Allows=true and non-empty Schema evaluating rule: routing must set exactly "
+                 "one of replicas, gatewayAPI",
+                 id="properties: {} is dropped on storage and CEL cannot read the object"),
+    pytest.param("preserved", {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                 None, id="preserve-unknown-fields makes it an empty map"),
+])
+def test_cel_reads_an_object_field_through_the_stored_schema_as_kubernetes_does(
+        client: httpx.Client, plural: str, replicas_schema: dict[str, Any],
+        refusal: str | None) -> None:
+    made = client.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                       json=_routing_crd(plural, replicas_schema))
+    assert made.status_code == 201, made.text
+    answer = client.post(f"/apis/x.io/v1/namespaces/default/{plural}", json={
+        "apiVersion": "x.io/v1", "kind": plural.capitalize()[:-1], "metadata": {"name": "r"},
+        "spec": {"routing": {"replicas": {}}}})
+    if refusal is None:
+        assert answer.status_code == 201, answer.text
+    else:
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["message"] == refusal
+        assert [c["field"] for c in answer.json()["details"]["causes"]] == ["spec.routing"]
