@@ -14,12 +14,20 @@ gives every container one port, so ``targetPort`` needs no mapping); a Service's
 several ports all lead to it.
 
 HTTPRoutes (gateway.networking.k8s.io/v1): each gets its own port, published as the
-annotation ``sandbox.modeldeploy.io/url`` (``http://127.0.0.1:N``), and a status
-``parents`` entry (Accepted, ResolvedRefs) as a Gateway controller writes. The first
-rule whose ``matches`` accept the path (PathPrefix, the default ``/``, or Exact) is
-used; its backendRefs are chosen by smooth weighted round-robin (nginx's), so the
-split follows the weights exactly, again to within one request per backend; inside a
-backend, the Service's round-robin applies. A backend weight of 0 gets nothing.
+annotation ``sandbox.modeldeploy.io/url`` (``http://127.0.0.1:N``). The data plane plays
+the Gateway controller of every Gateway (gateway.networking.k8s.io/v1, any class) and
+writes the route's ``status.parents`` as a real implementation does: one entry per
+parentRef (``parentRef``, ``controllerName``, conditions with the route's
+``observedGeneration``): ``Accepted`` True when the parentRef names an existing Gateway
+(and, with a ``sectionName``, one of its listeners), else False ``NoMatchingParent``;
+``ResolvedRefs`` True when every backendRef's Service exists, else False
+``BackendNotFound``. A route without parentRefs is attached to nothing: no entry, no
+traffic. Requests to a route's port are routed only while some parent accepts it (else
+404, as a Gateway has no such route). The first rule whose ``matches`` accept the path
+(PathPrefix, the default ``/``, or Exact) is used; its backendRefs are chosen by smooth
+weighted round-robin (nginx's), so the split follows the weights exactly, again to
+within one request per backend; inside a backend, the Service's round-robin applies. A
+backend weight of 0 gets nothing.
 
 Answers: 503 when no pod is ready (or a chosen backend has none, as Envoy's "no
 healthy upstream"), 500 for a backendRef naming no Service, 502 when the pod refuses
@@ -58,7 +66,9 @@ log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 URL_ANNOTATION = "sandbox.modeldeploy.io/url"
 CONTROLLER_NAME = "sandbox.modeldeploy.io/gateway"
-HTTPROUTES = "/apis/gateway.networking.k8s.io/v1/httproutes"
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+HTTPROUTES = f"/apis/{GATEWAY_GROUP}/v1/httproutes"
+GATEWAYS = f"/apis/{GATEWAY_GROUP}/v1/gateways"
 POD_HEADER = "X-Sandbox-Pod"
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
@@ -130,7 +140,12 @@ class DataPlane:
         self._dirty_routes: set[tuple[str, str]] = set()
         self.services = Informer(
             self.client, "/api/v1/services", name="services",
-            on_object=lambda key, _obj: self._mark(self._dirty_services, key),
+            on_object=lambda key, _obj: self._service_changed(key),
+        )
+        # A Gateway coming or going changes whether the routes naming it are accepted.
+        self.gateways = Informer(
+            self.client, GATEWAYS, name="gateways",
+            on_object=lambda _key, _obj: self._mark_routes(None),
         )
         # Pods are read when a request comes; a pod change needs no work here.
         self.pods = Informer(self.client, "/api/v1/pods", name="dataplane pods")
@@ -150,6 +165,17 @@ class DataPlane:
         dirty.add(key)
         self._wake.set()
 
+    def _service_changed(self, key: tuple[str, str]) -> None:
+        self._mark(self._dirty_services, key)
+        self._mark_routes(key[0])  # a backend Service appearing or going resolves refs anew
+
+    def _mark_routes(self, namespace: str | None) -> None:
+        """Look at the routes again (of one namespace, or all: routes are few)."""
+        routes = self.routes.values() if namespace is None else self.routes.in_namespace(namespace)
+        for route in routes:
+            meta = route["metadata"]
+            self._mark(self._dirty_routes, (meta.get("namespace", ""), meta["name"]))
+
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
             timeout=UPSTREAM_TIMEOUT,
@@ -160,7 +186,7 @@ class DataPlane:
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        for informer in (self.services, self.pods, self.routes):
+        for informer in (self.services, self.pods, self.routes, self.gateways):
             informer.start()
         self._task = asyncio.create_task(self._loop(), name="dataplane")
 
@@ -169,7 +195,7 @@ class DataPlane:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for informer in (self.services, self.pods, self.routes):
+        for informer in (self.services, self.pods, self.routes, self.gateways):
             await informer.stop()
         if self._runner is not None:
             await self._runner.cleanup()  # every site, and their open connections
@@ -178,8 +204,8 @@ class DataPlane:
         await self.client.close()
 
     async def _loop(self) -> None:
-        await self.services.synced.wait()
-        await self.pods.synced.wait()
+        for informer in (self.services, self.pods, self.routes, self.gateways):
+            await informer.synced.wait()  # no route refused for a Gateway not yet listed
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -265,23 +291,64 @@ class DataPlane:
             )
             self.routes.remember(updated)
             route = updated or route
-        parents = [
-            {
-                "parentRef": ref,
-                "controllerName": CONTROLLER_NAME,
-                "conditions": [
-                    route_condition(route, "Accepted", "Accepted"),
-                    route_condition(route, "ResolvedRefs", "ResolvedRefs"),
-                ],
-            }
-            for ref in (route.get("spec", {}).get("parentRefs") or [{"name": "sandbox"}])
-        ]
-        current = (route.get("status") or {}).get("parents")
-        if current is not None and strip_times(current) == strip_times(parents):
+        parents = self.route_parents(route)
+        current = (route.get("status") or {}).get("parents") or []
+        if strip_times(current) == strip_times(parents):
             return
         with contextlib.suppress(ApiError):  # a CRD without the status subresource
             updated = await self.client.merge_patch(path + "/status", {"status": {"parents": parents}})
             self.routes.remember(updated)
+
+    # -- the Gateway controller's view of a route ------------------------------------
+
+    def parent_refusal(self, route: JSON, ref: JSON) -> str | None:
+        """Why the parentRef does not accept the route (None: it does)."""
+        namespace = ref.get("namespace") or route["metadata"]["namespace"]
+        group, kind = ref.get("group", GATEWAY_GROUP), ref.get("kind", "Gateway")
+        if group != GATEWAY_GROUP or kind != "Gateway":
+            return f"parentRef {group}/{kind} is not a Gateway"
+        gateway = self.gateways.get(namespace, ref.get("name", ""))
+        if gateway is None or is_terminating(gateway):
+            return f"no Gateway {namespace}/{ref.get('name')}"
+        section = ref.get("sectionName")
+        listeners = {listener.get("name") for listener in gateway.get("spec", {}).get("listeners") or []}
+        if section is not None and section not in listeners:
+            return f"Gateway {namespace}/{ref.get('name')} has no listener {section}"
+        return None
+
+    def missing_backends(self, route: JSON) -> list[str]:
+        namespace = route["metadata"]["namespace"]
+        missing = []
+        for rule in route.get("spec", {}).get("rules") or []:
+            for ref in rule.get("backendRefs") or []:
+                key = (ref.get("namespace") or namespace, ref.get("name", ""))
+                if ref.get("kind", "Service") == "Service" and self.services.get(*key) is None:
+                    missing.append(f"Service {key[0]}/{key[1]} not found")
+        return sorted(set(missing))
+
+    def route_parents(self, route: JSON) -> list[JSON]:
+        """``status.parents`` as a Gateway controller writes it: one entry per parentRef."""
+        missing = self.missing_backends(route)
+        parents = []
+        for ref in route.get("spec", {}).get("parentRefs") or []:
+            refusal = self.parent_refusal(route, ref)
+            parents.append({
+                "parentRef": ref,
+                "controllerName": CONTROLLER_NAME,
+                "conditions": [
+                    route_condition(route, "Accepted", *(
+                        ("True", "Accepted", "accepted by the sandbox data plane") if refusal is None
+                        else ("False", "NoMatchingParent", refusal))),
+                    route_condition(route, "ResolvedRefs", *(
+                        ("True", "ResolvedRefs", "every backendRef resolves") if not missing
+                        else ("False", "BackendNotFound", "; ".join(missing)))),
+                ],
+            })
+        return parents
+
+    def is_accepted(self, route: JSON) -> bool:
+        return any(self.parent_refusal(route, ref) is None
+                   for ref in route.get("spec", {}).get("parentRefs") or [])
 
     # -- proxying ----------------------------------------------------------------------
 
@@ -317,6 +384,10 @@ class DataPlane:
         listener = self.route_listeners.get(key)
         if route is None or listener is None:
             return error_response(404, f"HTTPRoute {key[0]}/{key[1]} is gone")
+        if not self.is_accepted(route):
+            return error_response(
+                404, f"HTTPRoute {key[0]}/{key[1]} is accepted by no Gateway (see its status.parents)"
+            )
         rules = route.get("spec", {}).get("rules") or []
         for index, rule in enumerate(rules):
             if not path_matches(rule, request.path):
@@ -389,12 +460,12 @@ def error_response(status: int, message: str, pod_id: str | None = None) -> web.
     return response
 
 
-def route_condition(route: JSON, kind: str, reason: str) -> JSON:
+def route_condition(route: JSON, kind: str, status: str, reason: str, message: str) -> JSON:
     return {
         "type": kind,
-        "status": "True",
+        "status": status,
         "reason": reason,
-        "message": "routed by the sandbox data plane",
+        "message": message,
         "observedGeneration": route["metadata"].get("generation", 1),
         "lastTransitionTime": now_iso(),
     }

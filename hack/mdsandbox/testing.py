@@ -25,6 +25,7 @@ PLURAL_PATHS = {
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
     "ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets",
     "HTTPRoute": "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes",
+    "Gateway": "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/gateways",
 }
 
 

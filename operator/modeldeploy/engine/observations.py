@@ -41,11 +41,41 @@ class DeploymentObservation:
 
 
 @dataclass(frozen=True)
+class ServedSplit:
+    """What the data plane serves now, in the terms the router sets it (never a rounded %).
+
+    Replicas router: the READY pods the Service spreads requests over, per track (a
+    Service narrowed to one revision spreads over that revision's pods alone).
+    gatewayAPI router: the backendRef weights of an HTTPRoute a Gateway accepted for its
+    current generation.
+    """
+
+    canary: int
+    stable: int
+
+
+@dataclass(frozen=True)
+class Unverified:
+    """The router cannot say what the data plane serves; ``why`` says what it waits for.
+
+    ``refused``: the data plane refuses the route (no Gateway accepted the HTTPRoute):
+    the rollout holds with ``why`` until one does, and goes on by itself then. Otherwise
+    the wait is a readiness wait, which progressDeadline bounds.
+    """
+
+    why: str
+    refused: bool = False
+
+
+Served = ServedSplit | Unverified
+
+
+@dataclass(frozen=True)
 class Observation:
     """The cluster and analysis as the shell saw them at ``now`` (timezone-aware).
 
-    ``deployments`` maps revision to its Deployment; ``router_weight`` is the canary
-    weight the router verified (None: not verified, or no router asked);
+    ``deployments`` maps revision to its Deployment; ``served`` is what the router found
+    the data plane serving (None: no router asked);
     ``analysis`` is this tick's report, None when analysis is not configured or did
     not run.
     """
@@ -53,5 +83,5 @@ class Observation:
     now: datetime
     generation: int
     deployments: Mapping[str, DeploymentObservation] = field(default_factory=dict)
-    router_weight: int | None = None
+    served: Served | None = None
     analysis: AnalysisReport | None = None

@@ -23,6 +23,11 @@ Gateway API router (HTTPRoute weights are exact, so effective weight = w):
   with N = 1 that leaves stable no pod, so the effective weight is 100.
 
 N = 0 (scaled to zero): no pods anywhere; the effective weight is the requested one.
+
+The effective weight is what status reports; it is never what a step is verified by. The
+engine verifies in the terms planned here (the machine's ``planned_split``): the ready
+pod counts behind the Service (replicas router), or the accepted route's weights
+(gatewayAPI), so no percentage rounded two ways ever has to match another.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Traffic routers behind one interface, picked from a registry by the spec's trafficRouting key.
 
-A router sets a weight and then says which weight the data plane really serves, as Argo
-Rollouts' TrafficRoutingReconciler does: the engine moves on only once the two agree.
+A router sets a weight and then says what the data plane really serves, in its own
+terms (ready pods per track, or the weights of a route a Gateway accepted), as Argo
+Rollouts' TrafficRoutingReconciler verifies: the engine compares that with its plan in
+the same terms and moves on only once the two agree.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from modeldeploy import spec as s
+from modeldeploy.engine.observations import Served
 from modeldeploy.kube.client import KubeClient
 
 
@@ -19,10 +22,8 @@ class TrafficRouter(Protocol):
     ) -> None:
         """Send ``weight`` percent of requests to ``canary``, the rest to ``stable``."""
 
-    async def served_weight(
-        self, md: s.ModelDeployment, stable: str, canary: str | None
-    ) -> int | None:
-        """The canary's share the data plane serves now (None: cannot tell yet)."""
+    async def served(self, md: s.ModelDeployment, stable: str, canary: str | None) -> Served:
+        """What the data plane serves now (see ``ServedSplit``), or why that cannot be told."""
 
 
 RouterFactory = Callable[[KubeClient], TrafficRouter]

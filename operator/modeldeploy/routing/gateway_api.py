@@ -4,6 +4,13 @@ The operator owns two Services, ``<name>-stable`` and ``<name>-canary``, each na
 one revision, and sets them as the backendRefs of every rule of the named HTTPRoute
 (an existing route keeps its parentRefs, hostnames and matches; a missing one is
 created, owned by the ModelDeployment, with no parentRefs for the user to attach).
+
+What the data plane serves is not what was written: the route's weights count only once
+a Gateway accepted the route as it is now, i.e. a ``status.parents`` entry for one of
+its parentRefs has ``Accepted`` and ``ResolvedRefs`` True with ``observedGeneration``
+equal to the route's ``metadata.generation`` (the Gateway API's own contract). A route
+that every parent refuses (or that has no parentRefs) is reported as refused, with the
+parent's reason; one whose status lags its generation is still being looked at.
 """
 
 from __future__ import annotations
@@ -11,11 +18,14 @@ from __future__ import annotations
 from typing import Any
 
 from modeldeploy import spec as s
+from modeldeploy.engine.observations import Served, ServedSplit, Unverified
 from modeldeploy.kube import objects
 from modeldeploy.kube.client import KubeClient
 from modeldeploy.routing import register
 
 ROUTE_GROUP = "gateway.networking.k8s.io"
+# A Gateway controller's condition message goes to our status: bounded, one line.
+MAX_REASON_CHARS = 300
 
 
 def route_name(md: s.ModelDeployment) -> str:
@@ -32,16 +42,89 @@ def backend_refs(md: s.ModelDeployment, weight: int) -> list[dict[str, Any]]:
     ]
 
 
-def canary_weight_of(route: dict[str, Any], md_name: str) -> int | None:
-    """The canary's share in the route's first rule (all rules are set alike)."""
-    rules = (route.get("spec") or {}).get("rules") or []
-    if not rules:
-        return None
-    weights = {ref.get("name"): int(ref.get("weight", 1)) for ref in rules[0].get("backendRefs", [])}
-    total = sum(weights.values())
-    if total == 0 or f"{md_name}-canary" not in weights:
-        return None
-    return round(100 * weights[f"{md_name}-canary"] / total)
+def route_weights(route: dict[str, Any], md_name: str) -> ServedSplit | Unverified:
+    """The canary and stable backendRef weights, the same in every rule (as they are set)."""
+    name = route["metadata"]["name"]
+    splits: set[tuple[int, int]] = set()
+    for rule in (route.get("spec") or {}).get("rules") or []:
+        weights = {ref.get("name"): int(ref.get("weight", 1)) for ref in rule.get("backendRefs") or []}
+        splits.add((weights.get(f"{md_name}-canary", 0), weights.get(f"{md_name}-stable", 0)))
+    if len(splits) != 1:
+        return Unverified(f"HTTPRoute {name}'s rules to send the same weights to "
+                          f"{md_name}-canary and {md_name}-stable")
+    canary, stable = splits.pop()
+    return ServedSplit(canary=canary, stable=stable)
+
+
+def server_text(text: object) -> str:
+    """Someone else's message, as status may carry it: one line, control characters out, capped."""
+    line = "".join(c if c.isprintable() else " " for c in str(text)).strip()
+    return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 1] + "…"
+
+
+def parent_key(ref: dict[str, Any], route_namespace: str) -> tuple[object, ...]:
+    """A parentRef with the Gateway API's defaults filled in, to match status to spec."""
+    return (
+        ref.get("group", ROUTE_GROUP) or ROUTE_GROUP,
+        ref.get("kind") or "Gateway",
+        ref.get("namespace") or route_namespace,
+        ref.get("name"),
+        ref.get("sectionName"),
+        ref.get("port"),
+    )
+
+
+def describe_parent(ref: dict[str, Any], route_namespace: str) -> str:
+    _, kind, namespace, name, section, port = parent_key(ref, route_namespace)
+    where = "".join(
+        [f" section {section}" if section else "", f" port {port}" if port else ""]
+    )
+    return f"parentRef {kind} {namespace}/{name}{where}"
+
+
+def acceptance(route: dict[str, Any]) -> Unverified | None:
+    """None when a parent serves the route as it is now; else what is waited for, or why
+    every parent refuses it (``refused``)."""
+    meta = route["metadata"]
+    name, namespace, generation = meta["name"], meta.get("namespace") or "", meta.get("generation")
+    refs = (route.get("spec") or {}).get("parentRefs") or []
+    if not refs:
+        return Unverified(
+            f"HTTPRoute {name} has no parentRefs, so no Gateway serves it: add a parentRef "
+            "naming your Gateway",
+            refused=True,
+        )
+    parents = {
+        parent_key(parent.get("parentRef") or {}, namespace): parent
+        for parent in (route.get("status") or {}).get("parents") or []
+    }
+    waiting: list[str] = []
+    refused: list[str] = []
+    for ref in refs:
+        what = describe_parent(ref, namespace)
+        parent = parents.get(parent_key(ref, namespace)) or {}
+        conditions = {c.get("type"): c for c in parent.get("conditions") or []}
+        accepted, resolved = conditions.get("Accepted"), conditions.get("ResolvedRefs")
+        current = f"generation {generation} of HTTPRoute {name}"
+        if accepted is None or accepted.get("observedGeneration") != generation:
+            waiting.append(f"the Gateway controller to accept or refuse {current} for {what}")
+        elif accepted.get("status") != "True":
+            refused.append(
+                f"HTTPRoute {name} is not accepted by {what}: "
+                f"{server_text(accepted.get('reason'))}: {server_text(accepted.get('message'))}"
+            )
+        elif resolved is None or resolved.get("observedGeneration") != generation:
+            waiting.append(f"the Gateway controller to resolve the backends of {current} for {what}")
+        elif resolved.get("status") != "True":
+            waiting.append(
+                f"the backends of HTTPRoute {name} to resolve for {what} (ResolvedRefs "
+                f"{server_text(resolved.get('reason'))}: {server_text(resolved.get('message'))})"
+            )
+        else:
+            return None
+    if waiting:
+        return Unverified("; ".join(waiting))
+    return Unverified("; ".join(refused), refused=True)
 
 
 def _same_refs(have: list[dict[str, Any]], want: list[dict[str, Any]]) -> bool:
@@ -88,13 +171,12 @@ class GatewayAPIRouter:
         # A merge patch replaces lists whole, which is what we want for rules.
         await self._kube.patch_http_route(namespace, route_name(md), {"spec": {"rules": new_rules}})
 
-    async def served_weight(
-        self, md: s.ModelDeployment, stable: str, canary: str | None
-    ) -> int | None:
+    async def served(self, md: s.ModelDeployment, stable: str, canary: str | None) -> Served:
+        """The weights of the route when a Gateway accepted it as it is now."""
         route = self._kube.get_http_route(md.metadata.namespace, route_name(md))
         if route is None:
-            return None
-        return canary_weight_of(route, md.metadata.name)
+            return Unverified(f"HTTPRoute {route_name(md)} to be created")
+        return acceptance(route) or route_weights(route, md.metadata.name)
 
 
 register("gatewayAPI")(GatewayAPIRouter)

@@ -1,12 +1,15 @@
 """The default router: one Service over every revision's pods, so the pod ratio is the split.
 
-Setting a weight is the engine's scaling of the two Deployments; this router only reads
-back the ratio of READY pods, which is what the Service really spreads requests over.
+Setting a weight is the engine's scaling of the two Deployments; this router only
+reports the READY pods per track among those the Service selects, which is what the
+Service really spreads requests over. The engine compares those counts with the pod
+counts it planned: no percentage is rounded on either side.
 """
 
 from __future__ import annotations
 
 from modeldeploy import spec as s
+from modeldeploy.engine.observations import Served, ServedSplit, Unverified
 from modeldeploy.kube import objects
 from modeldeploy.kube.client import KubeClient
 from modeldeploy.routing import register
@@ -22,14 +25,6 @@ def ready_replicas(deployments: list[dict[str, object]], name: str) -> int:
     return 0
 
 
-def served_share(stable_ready: int, canary_ready: int) -> int | None:
-    """Percent of requests the canary gets from a Service spreading over ready pods."""
-    total = stable_ready + canary_ready
-    if total == 0:
-        return None
-    return round(100 * canary_ready / total)
-
-
 class ReplicasRouter:
     def __init__(self, kube: KubeClient) -> None:
         self._kube = kube
@@ -39,23 +34,21 @@ class ReplicasRouter:
     ) -> None:
         """Nothing to set: the engine's scaling of the two Deployments is the weight."""
 
-    async def served_weight(
-        self, md: s.ModelDeployment, stable: str, canary: str | None
-    ) -> int | None:
-        """The canary's share among the READY pods the Service selects now."""
+    async def served(self, md: s.ModelDeployment, stable: str, canary: str | None) -> Served:
+        """The READY pods per track that the Service selects now."""
         namespace, name = md.metadata.namespace, md.metadata.name
         selector = self._kube.get_service_selector(namespace, name)
         if selector is None:
-            return None
+            return Unverified(f"the Service {name} to exist")
         narrowed = selector.get(s.LABEL_REVISION)
-        if narrowed is not None:  # the Service selects one revision alone (e.g. at 100%)
-            return 100 if narrowed == canary else 0
-        if canary is None:
-            return 0
         deployments = self._kube.list_deployments(namespace, name)
-        stable_ready = ready_replicas(deployments, objects.deployment_name(name, stable))
-        canary_ready = ready_replicas(deployments, objects.deployment_name(name, canary))
-        return served_share(stable_ready, canary_ready)
+
+        def behind_service(revision: str | None) -> int:
+            if revision is None or narrowed not in (None, revision):
+                return 0  # not selected: a Service narrowed to the other revision
+            return ready_replicas(deployments, objects.deployment_name(name, revision))
+
+        return ServedSplit(canary=behind_service(canary), stable=behind_service(stable))
 
 
 register("replicas")(ReplicasRouter)

@@ -247,6 +247,8 @@ def cluster_wide_scenario(sandbox: Sandbox, kube: KubeAPI, namespace: str, audit
         for manifest in manifests.values():
             kubectl_apply(manifest(mark), kubeconfig)
         paused = {name: wait_phase(kube, namespace, name, phase) for name in manifests}
+        if mark == "1":
+            attach_to_a_gateway(kube, kubeconfig, namespace, "promoted")
     cli_start = audit.offset()
     run(["modeldeploy", "-n", namespace, "status", "aborted"], kubeconfig)
     run(["modeldeploy", "-n", namespace, "abort", "aborted"], kubeconfig)
@@ -259,6 +261,26 @@ def cluster_wide_scenario(sandbox: Sandbox, kube: KubeAPI, namespace: str, audit
     wait_until(lambda: kube.get("Deployment", namespace, f"aborted-{aborted}") is None,
                timeout=60, what="the aborted revision's Deployment to be deleted")
     return cli_start
+
+
+def attach_to_a_gateway(kube: KubeAPI, kubeconfig: Path, namespace: str, route: str) -> None:
+    """The operator created the HTTPRoute with no parentRefs: the platform team attaches it
+    to a Gateway (until a Gateway accepts it, a canary's weights serve nothing)."""
+    kubectl_apply({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                   "metadata": {"name": "gateway", "namespace": namespace},
+                   "spec": {"gatewayClassName": "sandbox",
+                            "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]}},
+                  kubeconfig)
+    kubectl_apply({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                   "metadata": {"name": route, "namespace": namespace},
+                   "spec": {"parentRefs": [{"name": "gateway"}]}}, kubeconfig)
+
+    def accepted() -> bool:
+        parents = ((kube.get("HTTPRoute", namespace, route) or {}).get("status") or {}).get("parents")
+        return any(c["type"] == "Accepted" and c["status"] == "True"
+                   for p in parents or [] for c in p["conditions"])
+
+    wait_until(accepted, timeout=30, what=f"HTTPRoute {route} to be accepted")
 
 
 def first_deployment(sandbox: Sandbox, kube: KubeAPI, namespace: str) -> None:

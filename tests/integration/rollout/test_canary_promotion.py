@@ -103,3 +103,27 @@ def test_a_template_change_is_canaried_paused_for_promotion_then_promoted_with_t
     wait_served_by(
         sandbox.service_url(namespace, NAME), NAME, [canary], "the new revision to serve everything"
     )
+
+
+def test_seven_replicas_at_10_percent_get_past_the_step_their_pods_serve(
+    sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess
+) -> None:
+    """One canary pod beside seven stable ones serves 1/8 = 12.5% of requests: the step is
+    verified in pods (1 canary + 7 stable ready behind the Service), not as two percentages
+    rounded two ways (13 planned, 12 read back), which held it until progressDeadline."""
+    user = User(sandbox, namespace)
+    steps: list[JSON] = [{"setWeight": 10}]
+    pause_image = "registry.k8s.io/pause:3.9"  # ready at once, no process: a fast rollout
+
+    def manifest(mark: str) -> JSON:
+        return model_deployment(NAME, namespace, template(mark, image=pause_image), replicas=7,
+                                steps=steps, bake_time="0s")
+
+    deploy_first(user, kube, manifest("v1"))
+    canary = start_rollout(user, kube, manifest("v2"))
+    done = wait_status(
+        kube, namespace, NAME,
+        lambda s: s.get("phase") == "Succeeded" and s.get("stableRevision") == canary,
+        "the canary to pass setWeight 10 and be promoted",
+    )
+    assert entry_of(done, canary)["steps"] == ["setWeight 10", "full 100%", "promoted"]

@@ -1,10 +1,13 @@
-"""The gatewayAPI router: the named HTTPRoute's backendRef weights follow the steps."""
+"""The gatewayAPI router: the named HTTPRoute's backendRef weights follow the steps, and
+count only once a Gateway accepted the route (the sandbox's data plane is the Gateway
+controller: it writes the route's status.parents as a real implementation does)."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from mdsandbox.sandbox import Sandbox
-from mdsandbox.testing import KubeAPI
+from mdsandbox.testing import KubeAPI, wait_until
 from operator_process import OperatorProcess
 from scenario import (
     JSON,
@@ -36,14 +39,24 @@ def manifest(namespace: str, mark: str) -> JSON:
     )
 
 
-def user_route(namespace: str) -> JSON:
+def gateway(namespace: str, name: str) -> JSON:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"gatewayClassName": "sandbox",
+                 "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]},
+    }
+
+
+def user_route(namespace: str, parent: str = "gateway") -> JSON:
     """The route as the platform team wrote it: attached to a gateway, on a path."""
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
         "metadata": {"name": ROUTE, "namespace": namespace},
         "spec": {
-            "parentRefs": [{"name": "gateway"}],
+            "parentRefs": [{"name": parent}],
             "rules": [{
                 "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
                 "backendRefs": [{"name": f"{NAME}-stable", "port": 80}],
@@ -70,6 +83,7 @@ def test_the_http_route_weights_follow_the_canary_steps(
     sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess
 ) -> None:
     user = User(sandbox, namespace)
+    user.apply(gateway(namespace, "gateway"))
     user.apply(user_route(namespace))
     stable = deploy_first(user, kube, manifest(namespace, "v1"))
     assert weights(kube, namespace) == split(100, 0)
@@ -109,3 +123,54 @@ def test_the_http_route_weights_follow_the_canary_steps(
     assert stable_service is not None
     assert stable_service["spec"]["selector"]["modeldeploy.io/revision"] == canary
     wait_served_by(route_url, NAME, [canary], "the route to serve the new revision alone")
+
+
+def test_a_route_no_gateway_accepts_pauses_the_rollout_until_its_gateway_exists(
+    sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess
+) -> None:
+    user = User(sandbox, namespace)
+    user.apply(user_route(namespace, parent="public"))  # the Gateway is not there yet
+    stable = deploy_first(user, kube, manifest(namespace, "v1"))
+    canary = start_rollout(user, kube, manifest(namespace, "v2"))
+
+    held = wait_status(kube, namespace, NAME, lambda s: s.get("pauseCause") == "routeNotAccepted",
+                       "the rollout to hold for the route")
+    assert held["phase"] == "Paused" and held["currentStep"] == 0
+    assert held["message"] == (
+        f"step 1/5 setWeight 20: HTTPRoute {ROUTE} is not accepted by parentRef Gateway "
+        f"{namespace}/public: NoMatchingParent: no Gateway {namespace}/public; "
+        "resumes on its own once a Gateway accepts the route"
+    )
+    # Truthfully so: the route's weights are written, but nothing routes by them.
+    assert weights(kube, namespace) == split(80, 20)
+    route_url = sandbox.route_url(namespace, ROUTE)
+    assert httpx.get(f"{route_url}/health", timeout=10).status_code == 404
+
+    user.apply(gateway(namespace, "public"))
+    at_20 = wait_phase(kube, namespace, NAME, "Paused", step=1)
+    assert "pauseCause" not in at_20 and at_20["canaryWeight"] == 20
+    route = kube.get("HTTPRoute", namespace, ROUTE)
+    assert route is not None
+    conditions = {c["type"]: (c["status"], c["observedGeneration"])
+                  for c in route["status"]["parents"][0]["conditions"]}
+    generation = route["metadata"]["generation"]
+    assert conditions == {"Accepted": ("True", generation), "ResolvedRefs": ("True", generation)}
+    wait_served_by(route_url, NAME, [stable, canary], "the accepted route to split traffic")
+
+
+def test_the_sandbox_gateway_reports_a_missing_backend_service(
+    sandbox: Sandbox, kube: KubeAPI, namespace: str
+) -> None:
+    """ResolvedRefs False with BackendNotFound while a backendRef names no Service."""
+    kube.create(gateway(namespace, "gateway"))
+    kube.create(user_route(namespace))
+
+    def resolved_refs() -> JSON | None:
+        route = kube.get("HTTPRoute", namespace, ROUTE) or {}
+        parents = (route.get("status") or {}).get("parents") or []
+        found = [c for p in parents for c in p["conditions"] if c["type"] == "ResolvedRefs"]
+        return found[0] if found else None
+
+    missing = wait_until(resolved_refs, timeout=30, what="the route's status")
+    assert (missing["status"], missing["reason"]) == ("False", "BackendNotFound")
+    assert missing["message"] == f"Service {namespace}/{NAME}-stable not found"

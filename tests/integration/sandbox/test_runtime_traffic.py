@@ -56,6 +56,13 @@ def test_an_httproute_splits_requests_by_its_backend_weights(
     for track in ("stable", "canary"):
         kube.create(deployment(track, namespace, replicas=1))
         kube.create(service(f"web-{track}", namespace, {"app": track}))
+    kube.create({  # the route's parent: the sandbox's data plane accepts routes naming it
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "gateway", "namespace": namespace},
+        "spec": {"gatewayClassName": "sandbox",
+                 "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]},
+    })
     kube.create({
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",

@@ -2,8 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
 import pytest
-from modeldeploy.engine import ReplicaPlan, Router, plan_replicas
+from kubernetes.client import ApiClient
+from modeldeploy import spec as s
+from modeldeploy.engine import (
+    Action,
+    DeleteDeployment,
+    EnsureDeployment,
+    EnsureService,
+    Observation,
+    ReplicaPlan,
+    Router,
+    ScaleDeployment,
+    plan_replicas,
+    reconcile,
+)
+from modeldeploy.kube import objects
+from modeldeploy.kube.cache import ClusterCache
+from modeldeploy.kube.client import KubeClient
+from modeldeploy.observe import observe_deployments
+from modeldeploy.routing.replicas import ReplicasRouter
+from modeldeploy.spec import ModelDeploymentStatus
+from rollout_world import NAME, T0, spec_of
 
 REPLICAS = range(1, 11)
 WEIGHTS = (0, 1, 10, 33, 50, 99, 100)
@@ -103,3 +128,128 @@ def test_plan_rounds_as_documented(
 def test_a_weight_outside_0_to_100_is_refused() -> None:
     with pytest.raises(ValueError, match=r"0\.\.100"):
         plan_replicas(101, 4, "replicas", False)
+
+
+# -- the engine and the real replicas router together ---------------------------------------
+#
+# Every replica count and weight must get past its setWeight step: the router reports the
+# ready pods the Service spreads over and the engine compares them with the pods it
+# planned. Nothing is faked on the router side: the real ReplicasRouter reads a real
+# KubeClient over the operator's real watch cache, filled with the Deployments and the
+# Service the engine's actions produce, as the API server would hold them once every pod
+# is ready.
+
+NAMESPACE = "ml"
+PROPERTY_REPLICAS = range(1, 65)
+PROPERTY_WEIGHTS = range(1, 101)
+# Ticks a setWeight step may take with every pod ready at once: one to scale, one to
+# see the pods ready (and narrow the Service at 100%), one to see the Service serve it.
+STEP_TICKS = 4
+
+
+def model_deployment(image: str, replicas: int, weight: int, dynamic: bool) -> s.ModelDeployment:
+    spec = spec_of(image, replicas=replicas, strategy={"canary": {
+        "steps": [{"setWeight": weight}, {"pause": {}}], "dynamicStableScale": dynamic,
+    }})
+    return s.ModelDeployment.model_validate({
+        "apiVersion": f"{s.GROUP}/{s.VERSION}", "kind": s.KIND,
+        "metadata": {"name": NAME, "namespace": NAMESPACE, "uid": "md-uid", "generation": 1},
+        "spec": spec.model_dump(by_alias=True, exclude_none=True),
+    })
+
+
+class ServedCluster:
+    """The operator's cache as the API server would fill it after the engine's writes,
+    with readiness reached (every Deployment's pods ready)."""
+
+    def __init__(self, api: ApiClient) -> None:
+        self.cache = ClusterCache(api, "property-test", [NAMESPACE], lambda *_: None)
+        self.kube = KubeClient(api, self.cache)
+        self.router = ReplicasRouter(self.kube)
+
+    def copy(self, api: ApiClient) -> ServedCluster:
+        twin = ServedCluster(api)
+        for kind, store in self.cache.stores.items():
+            for obj in store.objects.values():
+                twin.cache.stores[kind].put(copy.deepcopy(obj))
+        return twin
+
+    def settle(self, md: s.ModelDeployment, actions: list[Action]) -> None:
+        self.cache.remember(s.KIND, md.model_dump(by_alias=True, exclude_none=True))
+        for action in actions:
+            if isinstance(action, EnsureDeployment | ScaleDeployment):
+                self._deployment(md, action)
+            elif isinstance(action, DeleteDeployment):
+                name = objects.deployment_name(NAME, action.revision)
+                cached = self.cache.get("Deployment", NAMESPACE, name)
+                if cached is not None:
+                    self.cache.stores["Deployment"].remove(cached)
+            elif isinstance(action, EnsureService):
+                service = objects.service(md, NAME, action.revision)
+                # The merge patch's null removes the key: the Service selects every revision.
+                selector = service["spec"]["selector"]
+                service["spec"]["selector"] = {k: v for k, v in selector.items() if v is not None}
+                self.cache.remember("Service", service)
+
+    def _deployment(self, md: s.ModelDeployment, action: EnsureDeployment | ScaleDeployment) -> None:
+        name = objects.deployment_name(NAME, action.revision)
+        cached = self.cache.get("Deployment", NAMESPACE, name)
+        if cached is None:
+            assert isinstance(action, EnsureDeployment), action
+            cached = objects.deployment(md, action.revision, action.track, action.replicas)
+        replicas = action.replicas
+        ready = {"replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas,
+                 "availableReplicas": replicas}
+        self.cache.remember("Deployment", {
+            **cached, "spec": {**cached["spec"], "replicas": replicas}, "status": ready,
+        })
+
+    async def observe(self, md: s.ModelDeployment, status: ModelDeploymentStatus, now: datetime,
+                      generation: int) -> Observation:
+        served = None
+        if status.stable_revision is not None:
+            served = await self.router.served(md, status.stable_revision, status.canary_revision)
+        return Observation(
+            now=now, generation=generation,
+            deployments=observe_deployments(self.kube.list_deployments(NAMESPACE, NAME), []),
+            served=served,
+        )
+
+
+async def drive(
+    cluster: ServedCluster, md: s.ModelDeployment, status: ModelDeploymentStatus, generation: int,
+    done: Callable[[ModelDeploymentStatus], bool],
+) -> ModelDeploymentStatus:
+    """Tick until ``done`` (at most STEP_TICKS); the status it ended with."""
+    now = T0
+    for _ in range(STEP_TICKS):
+        now += timedelta(seconds=10)
+        observation = await cluster.observe(md, status, now, generation)
+        decision = reconcile(md.spec, status, observation, NAME)
+        cluster.settle(md, decision.actions)
+        status = decision.status
+        if done(status):
+            break
+    return status
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["surge", "dynamicStableScale"])
+def test_every_replica_count_and_weight_gets_past_its_set_weight_step(dynamic: bool) -> None:
+    api = ApiClient()
+
+    async def stuck() -> dict[tuple[int, int], str]:
+        found: dict[tuple[int, int], str] = {}
+        for replicas in PROPERTY_REPLICAS:
+            # v1 deployed once per replica count (the steps are not part of the revision).
+            deployed = ServedCluster(api)
+            stable = await drive(deployed, model_deployment("v1", replicas, 1, dynamic),
+                                 ModelDeploymentStatus(), 1, lambda s: s.stable_revision is not None)
+            assert stable.stable_revision is not None, stable.message
+            for weight in PROPERTY_WEIGHTS:
+                status = await drive(deployed.copy(api), model_deployment("v2", replicas, weight, dynamic),
+                                     stable, 2, lambda s: s.current_step == 1)
+                if status.current_step != 1:
+                    found[(replicas, weight)] = status.message or ""
+        return found
+
+    assert asyncio.run(stuck()) == {}
