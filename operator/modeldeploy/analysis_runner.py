@@ -6,7 +6,10 @@ spec's ``analysis.interval`` has passed since the last round recorded in status,
 restarts and ticks in between never measure twice as often as asked.
 
 Canary and stable are measured with the same query in the same round (only the
-revision differs), so relative-to-stable checks compare like with like.
+revision differs), so relative-to-stable checks compare like with like. Once the canary
+serves 100% (the full step and the bake) stable serves nothing and is not queried:
+relative checks compare with the stable baseline kept in status (see
+:func:`stable_baselines`).
 
 Providers are kept between rounds (their HTTP session and its connections with them)
 and built anew only when the provider's settings or the Secrets it reads change, so a
@@ -17,6 +20,7 @@ once per distinct content, into a directory the runner owns and removes at exit.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import tempfile
@@ -30,7 +34,7 @@ from modeldeploy.analysis import presets, promql
 from modeldeploy.analysis.evaluate import INDICATOR_SUFFIX, evaluate
 from modeldeploy.analysis.report import AnalysisReport, AnalysisRequest
 from modeldeploy.kube.client import KubeClient
-from modeldeploy.measurement import QueryResult
+from modeldeploy.measurement import Measurement, NoData, QueryResult
 from modeldeploy.providers import MetricProvider, provider_for
 
 # Distinct provider configurations kept at once; the oldest goes first beyond this.
@@ -56,6 +60,62 @@ def round_due(spec: s.ModelDeploymentSpec, status: s.ModelDeploymentStatus, now:
     return last is None or now - last >= s.parse_duration(spec.analysis.interval)
 
 
+NO_BASELINE = "no baseline: stable was not measured while it served traffic in this rollout"
+
+
+def stable_baselines(
+    previous: list[s.MetricStatus], relative: list[str], now: dt.datetime
+) -> dict[str, QueryResult]:
+    """What stable "measures" once it serves nothing: its baseline, for each relative check.
+
+    At 100% stable takes no traffic, so its query has no data and every relative round
+    would be inconclusive until the rollout paused in the bake for good. The canary is
+    judged against the last value measured on stable while it still served (kept in
+    status, so a restart resumes with it); without one the check stays inconclusive.
+    """
+    baselines = {m.name: m.stable_baseline for m in previous if m.stable_baseline is not None}
+    return {
+        name: Measurement(baselines[name], now) if name in baselines else NoData(NO_BASELINE, now)
+        for name in relative
+    }
+
+
+def keep_stable_baselines(
+    report: AnalysisReport, previous: list[s.MetricStatus], stable_serves_traffic: bool
+) -> AnalysisReport:
+    """The report with each metric's stable baseline: this round's stable value while stable
+    serves traffic and answered, else the one kept from before."""
+    before = {m.name: m.stable_baseline for m in previous}
+    metrics = tuple(
+        m.model_copy(update={"stable_baseline": (
+            m.stable_value if stable_serves_traffic and m.stable_value is not None
+            else before.get(m.name)
+        )})
+        for m in report.metrics
+    )
+    return dataclasses.replace(report, metrics=metrics)
+
+
+def judge_round(
+    analysis: s.Analysis,
+    status: s.ModelDeploymentStatus,
+    request: AnalysisRequest,
+    canary: dict[str, QueryResult],
+    stable: dict[str, QueryResult],
+    now: dt.datetime,
+) -> AnalysisReport:
+    """One round's report from the answers to :meth:`AnalysisRunner._run`'s queries."""
+    gates, indicators = presets.resolve(analysis)
+    if not request.stable_serves_traffic:
+        relative = [g.name for g in gates if g.relative_to_stable is not None] + [
+            i.metric + INDICATOR_SUFFIX for i in indicators if i.relative_to_stable is not None
+        ]
+        stable = stable_baselines(status.analysis, relative, now)
+    report = evaluate(request, gates, indicators, canary, stable, status.analysis,
+                      analysis.no_data, now)
+    return keep_stable_baselines(report, status.analysis, request.stable_serves_traffic)
+
+
 class AnalysisRunner:
     def __init__(self, kube: KubeClient, max_concurrent_queries: int = 32) -> None:
         self._kube = kube
@@ -76,8 +136,7 @@ class AnalysisRunner:
         gates, indicators = presets.resolve(analysis)
         provider = self._provider(analysis.provider, await self._secrets(md))
         canary, stable = await self._run(md, request, provider, gates, indicators)
-        report = evaluate(request, gates, indicators, canary, stable, status.analysis,
-                          analysis.no_data, now)
+        report = judge_round(analysis, status, request, canary, stable, now)
         for metric in report.metrics:
             metrics.MEASUREMENTS.labels(md.metadata.namespace, md.metadata.name, metric.name,
                                         metric.verdict.value).inc()
@@ -103,14 +162,16 @@ class AnalysisRunner:
             stable_revision=context.stable_revision, interval=context.interval,
         )
         jobs: dict[tuple[str, str], str] = {}
+        # Stable serving nothing has nothing to measure (its baseline stands in).
+        query_stable = bool(request.stable_revision) and request.stable_serves_traffic
         for gate in gates:
             jobs[("canary", gate.name)] = promql.render(gate.query, context)
-            if gate.relative_to_stable is not None and request.stable_revision:
+            if gate.relative_to_stable is not None and query_stable:
                 jobs[("stable", gate.name)] = promql.render(gate.query, stable_context)
         for indicator in indicators:
             key = indicator.metric + INDICATOR_SUFFIX
             jobs[("canary", key)] = promql.render(indicator.query, context)
-            if indicator.relative_to_stable is not None and request.stable_revision:
+            if indicator.relative_to_stable is not None and query_stable:
                 jobs[("stable", key)] = promql.render(indicator.query, stable_context)
         # The same PromQL is asked once even when a gate and an indicator share it.
         unique = sorted(set(jobs.values()))

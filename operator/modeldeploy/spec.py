@@ -671,6 +671,11 @@ class MetricStatus(Model):
     consecutive_failures: int = 0
     consecutive_inconclusive: int = 0
     consecutive_passes: int = 0
+    stable_baseline: float | None = Field(
+        None,
+        description="relativeToStable: the last value measured on stable while it still served "
+        "traffic; once the canary serves 100% the canary is judged against it.",
+    )
 
 
 class HistoryEntry(Model):
@@ -712,8 +717,12 @@ class ModelDeploymentStatus(Model):
     step_started_at: str | None = None
     paused_at: str | None = None
     pause_reason: str | None = None
-    pause_cause: Literal["user", "inconclusive", "analysisFailed"] | None = Field(
-        None, description="Who holds the rollout: the user, or analysis (inconclusive, failed)."
+    pause_cause: Literal["user", "inconclusive", "analysisFailed", "routeNotAccepted"] | None = (
+        Field(
+            None,
+            description="Who holds the rollout: the user, analysis (inconclusive, failed), or "
+            "the Gateway (no parent accepts the HTTPRoute; resumes once one does).",
+        )
     )
     not_ready_since: str | None = Field(
         None, description="Since when the current step waits for readiness (progressDeadline)."
@@ -722,6 +731,11 @@ class ModelDeploymentStatus(Model):
         None, description="Rolling out a known-good revision: pause and analysis steps skipped."
     )
     aborted_revision: str | None = None
+    reverting_from: str | None = Field(
+        None,
+        description="A revert in progress: this revision keeps serving, scaled down as the "
+        "stable revision's pods become ready, so the Service never lacks ready endpoints.",
+    )
     previous_revision: str | None = None
     bake_until: str | None = None
     analysis: list[MetricStatus] = Field(default_factory=list)

@@ -9,10 +9,17 @@ Contract between the two:
   revision against which stable revision, which metrics, counting from when), runs
   the providers, and hands the engine the resulting report in
   ``Observation.analysis``.
-- ``consecutive_passes`` counts from ``AnalysisRequest.since``: the engine clears
-  ``status.analysis`` whenever an analysis step starts, so the counters that evaluation
-  keeps in :class:`~modeldeploy.spec.MetricStatus` restart per step, as Argo Rollouts
-  starts a fresh AnalysisRun for each inline analysis step.
+- ``consecutive_passes`` counts from ``AnalysisRequest.since``: the engine zeroes the
+  passes in ``status.analysis`` whenever a step starts, so a step's N measurements are
+  its own. Failures and inconclusive rounds in a row count across the whole rollout
+  (a pass resets them, a step change does not, as Flagger counts failed checks), so a
+  gate failing every round reaches its failureLimit however short the steps are; a
+  person's resume or promote starts them afresh.
+- relativeToStable once stable serves nothing (``stable_serves_traffic`` False: the
+  100% step and the bake): stable has no traffic to measure, so the canary is judged
+  against ``MetricStatus.stable_baseline``, the last value measured on stable while it
+  still served, kept in status so a restarted operator resumes with it. Without one
+  (stable never measured during this rollout) the check stays inconclusive.
 - A report counts only for the revision it names, and only when it was measured
   after the current step started (``measured_at > status.stepStartedAt``), so a stale
   report never completes a step it was not measured in.
@@ -86,6 +93,8 @@ class AnalysisRequest:
     None means every configured metric and preset. ``measurements`` is the number of
     consecutive passes the current step needs, None outside analysis steps (background
     analysis: only breaches, failures and inconclusive limits matter there).
+    ``stable_serves_traffic`` False: the canary serves 100% (the full step, the bake),
+    so relative checks compare with the stable baseline instead of querying stable.
     """
 
     revision: str
@@ -93,3 +102,4 @@ class AnalysisRequest:
     since: datetime
     metrics: tuple[str, ...] | None = None
     measurements: int | None = None
+    stable_serves_traffic: bool = True

@@ -87,8 +87,8 @@ class SetTrafficWeight:
     """The router sends ``weight`` percent to canary, the rest to stable.
 
     ``canary_revision`` None (weight 0): everything to stable. The shell asks the
-    router to set it, then to verify it, and reports what was verified in
-    ``Observation.router_weight``; the engine advances only on a verified weight.
+    router to set it, then asks what the data plane serves (``Observation.served``);
+    the engine advances only once that is its plan.
     """
 
     stable_revision: str

@@ -18,7 +18,14 @@ Choices where the issue and DESIGN.md are silent:
 - Readiness gates every step, pauses and analysis included: the canary Deployment
   is at its planned replicas with all of them updated, ready and available, the
   stable Deployment is scaled to its planned replicas, and (canary strategy) the
-  router verified the planned effective weight.
+  data plane serves the plan, compared in the router's own terms, never as two
+  rounded percentages: the ready pods the Service spreads over (replicas router), or
+  the backendRef weights of an HTTPRoute a Gateway accepted (gatewayAPI router).
+- An HTTPRoute no Gateway accepts (Accepted False for its generation, or no
+  parentRefs) holds the rollout (phase Paused, pauseCause routeNotAccepted) with the
+  parent's reason; it goes on by itself once a Gateway accepts the route. A route
+  whose status lags its generation, or an accepted one with unresolved backends, is
+  a readiness wait (progressDeadline counts).
 - progressDeadline counts from ``status.notReadySince``: set when a step starts
   and whenever readiness is lost, cleared when the canary is seen ready. So a canary
   that crash-loops in the middle of a long pause is caught too. A held (paused)
@@ -51,6 +58,13 @@ Choices where the issue and DESIGN.md are silent:
   Degraded) and the revision stays aborted until the spec changes or retry; retry
   restarts an aborted or rolled-back revision from step 0; pause holds and resume
   releases. A control that does not apply is cleared with a ControlIgnored event.
+- A revert (abort, rollback, progressDeadline, the spec going back to stable) never
+  leaves the Service without ready endpoints: ``status.revertingFrom`` keeps the
+  reverted revision serving, scaled down as stable pods become ready (see
+  ``revert_plan``); the phase and message say so, and a new revision waits for it.
+  With dynamicStableScale the bake keeps no warm stable pods, and its message says so.
+- Analysis failures and inconclusive rounds in a row count across steps (a pass resets
+  them, a person's resume or promote too); an analysis step's passes count from its start.
 - A new revision while a canary runs supersedes it (history outcome Superseded)
   and starts from step 0 against the same stable; the spec going back to the stable
   revision cancels the canary. A new revision during the bake first promotes the
@@ -81,14 +95,15 @@ from modeldeploy.engine.actions import (
     SetTrafficWeight,
     Track,
 )
-from modeldeploy.engine.observations import Observation
-from modeldeploy.engine.replicas import Router, plan_replicas
+from modeldeploy.engine.observations import Observation, ServedSplit, Unverified
+from modeldeploy.engine.replicas import Router, effective_weight, plan_replicas
 from modeldeploy.engine.revision import revision_of
 from modeldeploy.engine.steps import Step, format_duration, steps_of
 from modeldeploy.spec import (
     Condition,
     ControlRequest,
     HistoryEntry,
+    MetricStatus,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     Phase,
@@ -116,7 +131,7 @@ PHASE_EVENT_REASONS = {
 }
 
 Outcome = Literal["Promoted", "RolledBack", "Aborted", "Superseded"]
-PauseCause = Literal["user", "inconclusive", "analysisFailed"]
+PauseCause = Literal["user", "inconclusive", "analysisFailed", "routeNotAccepted"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
@@ -169,6 +184,15 @@ def set_condition(
     if previous is None:
         return [*conditions, updated]
     return [updated if c.type == type_ else c for c in conditions]
+
+
+def _restarted(metric: MetricStatus, fresh_counters: bool) -> MetricStatus:
+    """A metric's status as a step (re)starts: passes from zero, failures too if fresh."""
+    if fresh_counters:
+        return metric.model_copy(update={
+            "consecutive_passes": 0, "consecutive_failures": 0, "consecutive_inconclusive": 0,
+        })
+    return metric.model_copy(update={"consecutive_passes": 0})
 
 
 @dataclass(frozen=True)
@@ -340,6 +364,7 @@ class _Tick:
         status = self.status
         if status.aborted_revision is not None and status.aborted_revision != self.revision:
             status.aborted_revision = None  # the spec moved on; that revision may come back later
+        self.settle_revert()
         if status.canary_revision is not None and status.canary_revision != self.revision:
             self.supersede()
         if status.canary_revision is None:
@@ -348,6 +373,24 @@ class _Tick:
             self.first_deployment(control)
         else:
             self.rollout(control)
+
+    def keep_serving(self, reverted: str | None) -> None:
+        """Revert from ``reverted``: it serves until stable is back (see revert_plan)."""
+        self.status.reverting_from = reverted
+        if self.revert_plan() is None:
+            self.status.reverting_from = None  # stable serves at full size already
+
+    def settle_revert(self) -> None:
+        """End a revert once the reverted revision serves nothing more: stable took over."""
+        status = self.status
+        reverted = status.reverting_from
+        if reverted is None:
+            return
+        if self.revert_plan() is None:
+            status.reverting_from = None
+            self.event("Normal", "RevertCompleted",
+                       f"stable revision {status.stable_revision} serves alone again; "
+                       f"revision {reverted} scaled to 0")
 
     def supersede(self) -> None:
         status = self.status
@@ -363,6 +406,8 @@ class _Tick:
         self.record(why)
         self.close_entry("Superseded", why)
         self.clear_rollout()
+        if self.revision == status.stable_revision:
+            self.keep_serving(old)
         self.event("Normal", "RolloutSuperseded", f"revision {old}: {why}")
 
     def idle(self, control: ControlRequest | None) -> None:
@@ -383,6 +428,11 @@ class _Tick:
                 self.ignore(
                     control, f"revision {revision} was stopped; `modeldeploy retry` restarts it"
                 )
+        elif status.reverting_from is not None:
+            # Rolling out against a stable revision that is not back yet would take away
+            # the pods that serve meanwhile; it starts once the revert is done.
+            if control is not None:
+                self.ignore(control, "a revert to the stable revision is still in progress")
         else:
             self.begin(revision, "new revision")
             if control is not None:
@@ -395,6 +445,8 @@ class _Tick:
         self.transition_reason = None  # a bake cut short by this revision is not its reason
         self.clear_rollout()
         status.aborted_revision = None
+        if status.reverting_from == revision:
+            status.reverting_from = None  # retried: planned as the canary again
         status.canary_revision = revision
         status.current_step = None if first else 0
         status.step_started_at = format_time(self.now)
@@ -479,7 +531,10 @@ class _Tick:
             return
         report = self.usable_report()
         if report is not None:
-            status.analysis = list(report.metrics)
+            measured = {m.name for m in report.metrics}
+            status.analysis = [
+                *report.metrics, *(m for m in status.analysis if m.name not in measured)
+            ]
             if self.judge(report):
                 return
             if (status.pause_cause == "inconclusive" and report.inconclusive_exceeded is None
@@ -487,6 +542,7 @@ class _Tick:
                 # Measurements are conclusive again (e.g. Prometheus is back): go on.
                 self.release()
                 self.record("analysis conclusive again: resumed")
+        self.follow_route()
         if status.paused_at is not None:
             return
         if not self.ready():
@@ -529,7 +585,7 @@ class _Tick:
                 return False
             self.release()
             self.record(f"resumed{who}")
-            self.restart_step()
+            self.restart_step(fresh_counters=True)
             return False
         if action == "promote":
             self.release()
@@ -545,7 +601,7 @@ class _Tick:
                 return True
             self.record(f"promoted to full{who}")
             status.current_step = len(self.steps) - 1
-            self.restart_step()
+            self.restart_step(fresh_counters=True)
             return True
         self.ignore(control, "the revision is not stopped (retry restarts an aborted revision)")
         return False
@@ -573,6 +629,22 @@ class _Tick:
                       "again; `modeldeploy promote` goes on")
         return False
 
+    def follow_route(self) -> None:
+        """Hold while the data plane refuses the route (no Gateway accepted the HTTPRoute)
+        and go on by itself once one does, as an inconclusive hold does; another hold
+        (a user's pause) is left alone and the route is looked at again when it ends."""
+        status = self.status
+        served = self.observation.served
+        refused = served.why if isinstance(served, Unverified) and served.refused else None
+        advice = "resumes on its own once a Gateway accepts the route"
+        if refused is not None and status.pause_cause == "routeNotAccepted":
+            status.pause_reason = f"{refused}; {advice}"  # the route's reason as it is now
+        elif refused is not None and status.paused_at is None:
+            self.hold("routeNotAccepted", refused, advice)
+        elif refused is None and status.pause_cause == "routeNotAccepted":
+            self.release()
+            self.record("route accepted: resumed")
+
     def hold(self, cause: PauseCause, reason: str, advice: str) -> None:
         """Hold the rollout where it is; ``reason`` goes to history, with ``advice`` to status."""
         status = self.status
@@ -589,11 +661,19 @@ class _Tick:
         status.pause_cause = None
         status.pause_reason = None
 
-    def restart_step(self) -> None:
+    def restart_step(self, fresh_counters: bool = False) -> None:
+        """Start the current step again: its passes count from here.
+
+        Failures and inconclusive rounds in a row count across the whole rollout (a pass
+        resets them, a step change does not, as Flagger counts failed checks): cleared on
+        every step, a gate failing every round would never reach its failureLimit in steps
+        shorter than (failureLimit + 1) intervals. A person's decision (resume, promote)
+        starts them afresh (``fresh_counters``). Values and stable baselines stay.
+        """
         status = self.status
         status.step_started_at = format_time(self.now)
         status.not_ready_since = format_time(self.now)
-        status.analysis = []  # fresh analysis counters from here
+        status.analysis = [_restarted(m, fresh_counters) for m in status.analysis]
 
     def complete_step(self, note: str | None = None) -> None:
         status = self.status
@@ -610,7 +690,7 @@ class _Tick:
             self.enter_bake()
             return
         status.current_step = index + 1
-        self.restart_step()
+        self.restart_step(fresh_counters=note is not None)  # note: promoted by a person
         if status.fast_rollout:
             self.skip_waits()
 
@@ -641,6 +721,7 @@ class _Tick:
         self.record(message)
         self.close_entry(outcome, message)
         status.aborted_revision = status.canary_revision
+        self.keep_serving(status.canary_revision)
         self.clear_rollout()
         status.phase = phase
         status.message = message
@@ -667,10 +748,52 @@ class _Tick:
         selects = canary if weight == 100 and canary_ready >= n else None
         return plan.canary, stable_replicas, plan.effective_weight, selects
 
+    def revert_plan(self) -> tuple[int, int, int, str | None] | None:
+        """(reverted replicas, stable replicas, weight to the reverted revision, Service
+        revision) while a revert brings stable back; None once the reverted revision has no
+        pod left to serve.
+
+        A revert never leaves the Service without ready endpoints: the reverted revision
+        gives up pods only as stable pods become ready (a reverse canary), and only its
+        ready pods are kept (a crash-looping canary serves nothing). Within the capacity the
+        template allows: with dynamicStableScale (no surge: GPUs) it gives up one pod
+        first, so that a stable pod can start in its place, and the pods of both together
+        stay at spec.replicas (one more with a single replica: someone has to serve while
+        the stable pod starts); without it stable comes back at full size beside it, as
+        the canary came up beside stable. Blue-green keeps green whole and the Service on
+        it until blue is ready at full size. Traffic follows the ready pods: the Service
+        selects both revisions (replicas router), the HTTPRoute's weights are the ready
+        pods' ratio (gatewayAPI router).
+        """
+        status = self.status
+        reverted, stable = status.reverting_from, status.stable_revision
+        deployments = self.observation.deployments
+        old = deployments.get(reverted or "")
+        if old is None or stable is None or reverted == stable:
+            return None
+        n = self.replicas
+        restored = deployments.get(stable)
+        stable_ready = min(restored.ready_replicas, n) if restored is not None else 0
+        serving = min(old.desired_replicas, old.ready_replicas)
+        stable_replicas = n
+        if self.router is None:
+            keep = serving if stable_ready < n else 0
+        elif self.dynamic_stable_scale:
+            keep = min(serving, max(n - 1 - stable_ready, 1 if stable_ready == 0 else 0))
+            stable_replicas = max(n - keep, 1) if n > 0 else 0
+        else:
+            keep = min(serving, max(n - stable_ready, 0))
+        if keep == 0:
+            return None
+        if self.router is None:
+            return keep, stable_replicas, 100, reverted
+        weight = 100 if stable_ready == 0 else effective_weight(keep, stable_ready)
+        return keep, stable_replicas, weight, None
+
     def ready(self) -> bool:
         """Whether the current step's desired state is reached; sets waiting_for if not."""
         status = self.status
-        canary_replicas, stable_replicas, weight, _ = self.plan()
+        canary_replicas, stable_replicas, _, _ = self.plan()
         deployments = self.observation.deployments
         canary = deployments.get(status.canary_revision or "")
         stable = deployments.get(status.stable_revision or "")
@@ -686,13 +809,40 @@ class _Tick:
         if stable is None or stable.desired_replicas != stable_replicas:
             self.waiting_for = f"waiting for stable to scale to {stable_replicas}"
             return False
-        verified = self.observation.router_weight
-        if self.router is not None and verified != weight:
-            self.waiting_for = (
-                f"waiting for the router to verify weight {weight} (verified: {verified})"
-            )
-            return False
+        if self.router is not None:
+            unserved = self.unserved()
+            if unserved is not None:
+                self.waiting_for = unserved
+                return False
         return True
+
+    def planned_split(self) -> ServedSplit:
+        """What the data plane should serve now, in the router's terms (see ServedSplit)."""
+        canary_replicas, stable_replicas, weight, selects = self.plan()
+        if self.router == "gatewayAPI":
+            return ServedSplit(canary=weight, stable=100 - weight)
+        narrowed = selects is not None and selects == self.status.canary_revision
+        return ServedSplit(canary=canary_replicas, stable=0 if narrowed else stable_replicas)
+
+    def unserved(self) -> str | None:
+        """What the data plane still has to serve (None: it serves the plan)."""
+        served = self.observation.served
+        if served is None:
+            return "waiting for the router to report what the data plane serves"
+        if isinstance(served, Unverified):
+            return f"waiting for {served.why}"
+        wanted = self.planned_split()
+        if served == wanted:
+            return None
+        if self.router == "gatewayAPI":
+            return (
+                f"waiting for the HTTPRoute to serve canary weight {wanted.canary} "
+                f"(accepted route weights: canary {served.canary}, stable {served.stable})"
+            )
+        return (
+            f"waiting for the Service to spread requests over {wanted.canary} canary and "
+            f"{wanted.stable} stable ready pods (now {served.canary} and {served.stable})"
+        )
 
     # ------------------------------------------------------------------ description
 
@@ -700,8 +850,11 @@ class _Tick:
         """Phase (in flight), message and conditions of the state the tick ended in."""
         status = self.status
         self.waiting_for = None
+        reverting = self.revert_plan() if status.canary_revision is None else None
         if status.canary_revision is not None and status.stable_revision is not None:
             status.canary_weight = self.plan()[2]
+        elif reverting is not None:
+            status.canary_weight = reverting[2]  # the reverted revision still serves that
         else:
             status.canary_weight = None if status.stable_revision is None else 0
         if status.canary_revision is not None:
@@ -722,6 +875,16 @@ class _Tick:
             )
             if stopped is not None and self.transition_reason is None:
                 status.message = stopped.reason
+            if reverting is not None:
+                status.message = f"{status.message}; {self.reverting_note(reverting[0])}"
+        elif reverting is not None:
+            status.phase = Phase.PROGRESSING
+            status.message = (
+                f"reverting to stable revision {status.stable_revision}: "
+                f"{self.reverting_note(reverting[0])}"
+            )
+            if self.revision not in (status.stable_revision, status.reverting_from):
+                status.message += f"; revision {self.revision} rolls out once it is done"
         else:
             status.phase = Phase.SUCCEEDED
             status.message = f"revision {status.stable_revision} is stable"
@@ -745,6 +908,20 @@ class _Tick:
                 self.transition_reason or PHASE_EVENT_REASONS[phase],
                 message,
             )
+
+    def reverting_note(self, kept: int) -> str:
+        """What a revert still waits for, with the stable pods' own reason."""
+        status = self.status
+        restored = self.observation.deployments.get(status.stable_revision or "")
+        ready = restored.ready_replicas if restored is not None else 0
+        why = restored.not_ready_reason if restored is not None else None
+        return (
+            f"stable {ready}/{self.replicas} pods ready"
+            + (f" ({why})" if why else "")
+            + f"; revision {status.reverting_from} keeps serving on {kept} pod"
+            + ("s" if kept != 1 else "")
+            + " until stable takes over"
+        )
 
     def held_reason(self) -> str | None:
         """Why a stopped rollout stopped, as its Degraded condition remembers it."""
@@ -778,9 +955,16 @@ class _Tick:
         step = self.step
         if status.bake_until is not None:
             until = parse_time(status.bake_until)
+            left = f"{status.bake_until} ({_left(until - self.now)} left)"
+            if self.router is not None and self.dynamic_stable_scale:
+                return Phase.PROMOTING, (
+                    f"{prefix} until {left}: previous revision {status.stable_revision} is "
+                    f"NOT kept warm (dynamicStableScale: 0 pods); a revert starts its pods "
+                    f"again and the canary serves until they are ready{suffix}"
+                )
             return Phase.PROMOTING, (
-                f"{prefix}: previous revision {status.stable_revision} kept until "
-                f"{status.bake_until} ({_left(until - self.now)} left){suffix}"
+                f"{prefix}: previous revision {status.stable_revision} kept until {left}, "
+                f"warm at {self.replicas} pods for an instant revert{suffix}"
             )
         if step.kind in ("pause", "await"):
             if step.duration is None:
@@ -817,7 +1001,8 @@ class _Tick:
     def requeue_after(self) -> timedelta | None:
         status = self.status
         if status.canary_revision is None:
-            return None
+            # A revert waits on stable pods becoming ready (watch events come too).
+            return REQUEUE_WHILE_WAITING if status.reverting_from is not None else None
         candidates: list[timedelta] = []
         if self.waiting_for is not None:
             candidates.append(REQUEUE_WHILE_WAITING)
@@ -849,10 +1034,16 @@ class _Tick:
             wanted[first] = ("stable", n)
             selects = first
         elif canary is None:
+            reverting = self.revert_plan()
             wanted[stable] = ("stable", n)
             selects = stable
             traffic = SetTrafficWeight(stable, None, 0)
             preview = stable
+            if reverting is not None and status.reverting_from is not None:
+                serving, stable_replicas, weight, selects = reverting
+                wanted[status.reverting_from] = ("canary", serving)
+                wanted[stable] = ("stable", stable_replicas)
+                traffic = SetTrafficWeight(stable, status.reverting_from, weight)
         else:
             canary_replicas, stable_replicas, weight, selects = self.plan()
             wanted[canary] = ("canary", canary_replicas)
@@ -935,6 +1126,9 @@ def analysis_request(
     Analysis runs while a canary takes traffic (weight above 0, the bake included)
     so rollback indicators act at any step, and during analysis steps, which (for
     blue-green's prePromotionAnalysis) measure the preview before it takes traffic.
+    At 100% (the full step and the bake) stable serves nothing, so relativeToStable
+    checks compare with the baseline measured on stable before (see
+    :mod:`modeldeploy.analysis.report`).
     """
     canary, stable = status.canary_revision, status.stable_revision
     if spec.analysis is None or canary is None or stable is None:
@@ -942,6 +1136,9 @@ def analysis_request(
     steps = steps_of(spec)
     step = steps[min(status.current_step or 0, len(steps) - 1)]
     since = parse_time(status.step_started_at) if status.step_started_at else now
+    at_full = status.bake_until is not None or step.kind == "full"
+    canary_strategy = spec.strategy.canary is not None
+    stable_serves = not at_full and not (canary_strategy and step.weight >= 100)
     if status.bake_until is None and step.kind == "analysis":
         return AnalysisRequest(
             revision=canary,
@@ -949,10 +1146,11 @@ def analysis_request(
             since=since,
             metrics=step.metrics,
             measurements=step.measurements,
+            stable_serves_traffic=stable_serves,
         )
-    takes_traffic = status.bake_until is not None or step.kind == "full" or (
-        spec.strategy.canary is not None and step.weight > 0
-    )
+    takes_traffic = at_full or (canary_strategy and step.weight > 0)
     if not takes_traffic:
         return None
-    return AnalysisRequest(revision=canary, stable_revision=stable, since=since)
+    return AnalysisRequest(
+        revision=canary, stable_revision=stable, since=since, stable_serves_traffic=stable_serves
+    )

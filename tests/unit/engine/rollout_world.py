@@ -2,8 +2,12 @@
 
 The fake cluster applies the engine's actions the way Kubernetes would settle
 them: a Deployment scaled to N has N ready pods on the next look, unless the test
-marks its revision broken (pods never ready, with a reason); the router verifies
-every weight it is given unless told not to. Time only moves when a test says so.
+marks its revision broken (pods never ready, with a reason). What the data plane
+serves is computed as the real routers read it, never echoed from the engine: the
+replicas router reports the ready pods per track that the Service's selector picks
+(a test can make the Service lag behind), the gatewayAPI router the weights written
+to the route, once a Gateway accepts it (a test can make the Gateway refuse it).
+Time only moves when a test says so.
 """
 
 from __future__ import annotations
@@ -21,9 +25,14 @@ from modeldeploy.engine import (
     DeploymentObservation,
     EmitEvent,
     EnsureDeployment,
+    EnsureService,
     Observation,
+    Router,
     ScaleDeployment,
+    Served,
+    ServedSplit,
     SetTrafficWeight,
+    Unverified,
     reconcile,
     revision_of,
 )
@@ -116,12 +125,25 @@ def report(
 
 @dataclass
 class FakeCluster:
-    """Deployments by revision, as the kube adapter would report them after applying."""
+    """Deployments by revision, as the kube adapter would report them after applying,
+    and the Service and route the routers read."""
 
     deployments: dict[str, DeploymentObservation] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)
-    weight: int | None = None
-    router_verifies: bool = True
+    router: Router = "replicas"
+    # The revision the Service selects (None: every revision of the ModelDeployment).
+    service_selects: str | None = None
+    # False: the Service keeps the selector it has (its update lags or is refused).
+    service_follows: bool = True
+    # What the router last wrote (the route's backends, and which revision is which).
+    route: SetTrafficWeight | None = None
+    # A Gateway's reason for refusing the HTTPRoute (None: a Gateway accepts it).
+    route_refused: str | None = None
+    # How long a new pod takes to become ready (a GPU model server loading its weights);
+    # 0: ready on the next look. ``pods`` holds when each pod of a revision is ready.
+    startup: timedelta = timedelta(0)
+    pods: dict[str, list[datetime]] = field(default_factory=dict)
+    clock: datetime = T0
 
     def apply(self, actions: list[Action]) -> None:
         for action in actions:
@@ -132,12 +154,20 @@ class FakeCluster:
                 self._scale(action.revision, old.track if old else "stable", action.replicas)
             elif isinstance(action, DeleteDeployment):
                 self.deployments.pop(action.revision, None)
-            elif isinstance(action, SetTrafficWeight) and self.router_verifies:
-                self.weight = action.weight
+            elif isinstance(action, EnsureService) and self.service_follows:
+                self.service_selects = action.revision
+            elif isinstance(action, SetTrafficWeight):
+                self.route = action
 
     def _scale(self, revision: str, track: str, replicas: int) -> None:
         reason = self.broken.get(revision)
+        # Scaling down removes the pods that started last (not ready ones first), as a
+        # ReplicaSet does; scaling up adds pods that are ready ``startup`` from now.
+        kept = sorted(self.pods.get(revision, []))[:replicas]
+        self.pods[revision] = kept + [self.clock + self.startup] * (replicas - len(kept))
         ready = 0 if reason else replicas
+        if self.startup > timedelta(0) and not reason:
+            ready = sum(1 for at in self.pods[revision] if at <= self.clock)
         self.deployments[revision] = DeploymentObservation(
             revision=revision,
             track=track,
@@ -148,14 +178,46 @@ class FakeCluster:
             not_ready_reason=reason,
         )
 
+    def _behind_service(self, revision: str | None) -> int:
+        """Ready pods of ``revision`` among those the Service spreads requests over."""
+        if revision is None or self.service_selects not in (None, revision):
+            return 0
+        deployment = self.deployments.get(revision)
+        return deployment.ready_replicas if deployment is not None else 0
+
+    def served(self) -> Served | None:
+        """What the data plane serves, as the real router for ``self.router`` reads it."""
+        if self.route is None:
+            return None  # no canary traffic set yet (a first deployment asks no router)
+        if self.router == "gatewayAPI":
+            if self.route_refused is not None:
+                return Unverified(self.route_refused, refused=True)
+            canary_weight = self.route.weight if self.route.canary_revision else 0
+            return ServedSplit(canary=canary_weight, stable=100 - canary_weight)
+        return ServedSplit(
+            canary=self._behind_service(self.route.canary_revision),
+            stable=self._behind_service(self.route.stable_revision),
+        )
+
+    def ready_behind_service(self) -> int:
+        """Ready pods the Service ``<name>`` sends requests to (its ready endpoints)."""
+        return sum(
+            d.ready_replicas for revision, d in self.deployments.items()
+            if self.service_selects in (None, revision)
+        )
+
     def observe(
         self, now: datetime, generation: int, analysis: AnalysisReport | None
     ) -> Observation:
+        self.clock = now
+        for revision, deployment in list(self.deployments.items()):
+            if self.startup > timedelta(0):  # pods that finished starting since the last look
+                self._scale(revision, deployment.track, deployment.desired_replicas)
         return Observation(
             now=now,
             generation=generation,
             deployments=dict(self.deployments),
-            router_weight=self.weight,
+            served=self.served(),
             analysis=analysis,
         )
 
@@ -171,6 +233,9 @@ class World:
     generation: int = 1
     events: list[EmitEvent] = field(default_factory=list)
     last: Decision | None = None
+
+    def __post_init__(self) -> None:
+        self.cluster.router = router_of(self.spec)
 
     def tick(
         self,
@@ -201,6 +266,7 @@ class World:
     def change(self, spec: ModelDeploymentSpec) -> None:
         self.spec = spec
         self.generation += 1
+        self.cluster.router = router_of(spec)
 
     def history_steps(self) -> list[str]:
         return list(self.status.history[0].steps) if self.status.history else []
@@ -211,6 +277,13 @@ class World:
 
     def copy(self) -> World:
         return copy.deepcopy(self)
+
+
+def router_of(spec: ModelDeploymentSpec) -> Router:
+    canary = spec.strategy.canary
+    if canary is not None and canary.traffic_routing.gateway_api is not None:
+        return "gatewayAPI"
+    return "replicas"
 
 
 def deployed(spec: ModelDeploymentSpec) -> World:

@@ -43,7 +43,7 @@ def at_bake() -> World:
     world = in_analysis()
     for passes in (1, 2, 3):
         measure(world, passes=passes)
-    world.ticks(2)
+    world.ticks(3)  # 100%: the canary ready, then the Service narrowed to it, then the bake
     assert world.status.bake_until is not None, world.status.message
     return world
 
@@ -186,13 +186,14 @@ def test_a_failed_analysis_held_without_automatic_rollback_is_marked_degraded() 
     assert world.status.phase == Phase.DEGRADED
 
 
-def test_the_last_measurements_are_written_to_status_and_cleared_when_an_analysis_step_starts(
+def test_the_last_measurements_are_written_to_status_and_passes_restart_with_each_step(
 ) -> None:
     world = rolling(V1, V2)
     world.tick()
     measure(world, passes=1)  # measured at 10%, before the analysis step
     assert world.status.current_step == 1
-    assert world.status.analysis == []
+    [latest] = world.status.analysis
+    assert (latest.name, latest.value, latest.consecutive_passes) == ("success-rate", 0.99, 0)
     measure(world, passes=1)
     assert [m.name for m in world.status.analysis] == ["success-rate"]
 

@@ -92,9 +92,9 @@ def untimed_pause_after_a_day() -> World:
     return world
 
 
-def router_not_verifying() -> World:
+def service_still_on_stable() -> World:
     world = rolling(V1, V2)
-    world.cluster.router_verifies = False
+    world.cluster.service_follows = False  # the Service keeps selecting v1 alone
     world.ticks(3)
     return world
 
@@ -183,10 +183,11 @@ CASES: list[tuple[str, Callable[[], World], Expect]] = [
     ("a pause without duration still waits after a day",
      untimed_pause_after_a_day,
      Expect(Phase.PAUSED, 1, "paused until `modeldeploy promote`", {}, 20)),
-    ("a weight the router has not verified holds the step",
-     router_not_verifying,
-     Expect(Phase.PROGRESSING, 0, "waiting for the router to verify weight 20", {R2: 1, R1: 4},
-            20)),
+    ("a split the Service does not serve yet holds the step",
+     service_still_on_stable,
+     Expect(Phase.PROGRESSING, 0,
+            "waiting for the Service to spread requests over 1 canary and 4 stable ready pods "
+            "(now 0 and 4)", {R2: 1, R1: 4}, 20)),
     ("a crash-looping canary within progressDeadline keeps waiting with the reason",
      canary_crash_looping_within_deadline,
      Expect(Phase.PROGRESSING, 0, "0/1 ready: CrashLoopBackOff", {R2: 1, R1: 4}, 20)),
@@ -273,7 +274,7 @@ def test_a_known_good_revision_skips_pauses_and_analysis_but_waits_for_readiness
     started = world.tick()
     assert "known-good revision: pauses and analysis skipped" in (world.status.message or "")
     assert weight_of(started) == 20  # 10% of 4 pods, surge: one canary pod beside four
-    world.ticks(5)
+    world.ticks(6)
     assert world.status.stable_revision == revision_of(v1)
     assert world.status.phase == Phase.SUCCEEDED
     assert world.history_steps() == [

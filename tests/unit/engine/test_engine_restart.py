@@ -122,7 +122,7 @@ FULL_ROLLOUT = [
     Tick(), Tick(),                        # 50%: up, ready: pause without duration
     Tick(3600),                            # an hour later it still waits
     Tick(control="promote"),               # promoted by user
-    Tick(), Tick(),                        # 100%, then the implied full step: bake
+    Tick(), Tick(), Tick(),                # 100% (the Service narrowed to canary), full: bake
     Tick(300),                             # bake over
 ]
 
