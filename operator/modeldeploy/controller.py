@@ -6,7 +6,7 @@ One tick for one ModelDeployment (``RolloutController.tick``):
    since arrives as a watch event that queues the resource again;
 2. validate it with the pydantic models; an invalid spec is reported in status and
    events once per generation, and nothing running is touched;
-3. observe the Deployments and pods it owns (cached), the router's served weight and
+3. observe the Deployments and pods it owns (cached), what the router finds the data plane serving and
    analysis (the only requests a tick makes when nothing changes are Prometheus queries,
    and only while a rollout is analysed);
 4. ask the pure engine for a decision;
@@ -53,6 +53,9 @@ from modeldeploy.routing import router_for
 from modeldeploy.workqueue import Lane, WorkQueue
 
 log = logging.getLogger("modeldeploy.controller")
+# How often an object of someone else's that blocks a write (and that no watch sees) is
+# tried again: two requests (the refused create, one read) per ModelDeployment per period.
+CONFLICT_RETRY_SECONDS = 15.0
 Manifest = dict[str, Any]
 Key = tuple[str, str]
 
@@ -247,30 +250,46 @@ class RolloutController:
         deployments = self._kube.list_deployments(namespace, name)
         pods = self._kube.list_pods(namespace, name)
         router = router_for(md, self._kube)
-        served: int | None = None
+        served: engine.Served | None = None
         if status.stable_revision:
-            served = await router.served_weight(md, status.stable_revision, status.canary_revision)
+            served = await router.served(md, status.stable_revision, status.canary_revision)
         observation = engine.Observation(
             now=now,
             generation=generation,
             deployments=observe_deployments(deployments, pods),
-            router_weight=served,
+            served=served,
             analysis=await self._analysis.measure(md, status, now),
         )
         decision = engine.reconcile(md.spec, status, observation, name)
-        await apply_actions(self._kube, md, decision.actions)
-        new_status = status_dict(decision.status)
+        blocked = await apply_actions(self._kube, md, decision.actions)
+        conflicts = {str(c) for c in [*self._kube.foreign_objects(namespace, name), *blocked]}
+        decided = engine.conflict_status(decision.status, sorted(conflicts), generation, now)
+        new_status = status_dict(decided)
         if new_status != (body.get("status") or {}):
             written = await self._kube.write_status(body, new_status)
             if not written:
                 return 0.0  # someone wrote in between: decide again on the object read anew
-        record_outcomes(namespace, name, status, decision.status)
+        record_outcomes(namespace, name, status, decided)
         for action in decision.actions:
             if isinstance(action, engine.EmitEvent):
                 await self._kube.emit_event(body, action.type, action.reason, action.message)
-        if decision.requeue_after is None:
-            return None
-        return max(0.2, decision.requeue_after.total_seconds())
+        await self._announce_conflicts(body, status, decided)
+        after = None if decision.requeue_after is None else decision.requeue_after.total_seconds()
+        if blocked:
+            # An unlabelled object in the way is not watched: look again for it to be gone.
+            after = min(after or CONFLICT_RETRY_SECONDS, CONFLICT_RETRY_SECONDS)
+        return None if after is None else max(0.2, after)
+
+    async def _announce_conflicts(
+        self, body: Manifest, before: s.ModelDeploymentStatus, after: s.ModelDeploymentStatus
+    ) -> None:
+        """One Warning Event per new set of conflicting objects, not one per reconcile."""
+        def conflict(status: s.ModelDeploymentStatus) -> s.Condition | None:
+            return next((c for c in status.conditions if c.type == engine.CONFLICT_CONDITION), None)
+
+        now, then = conflict(after), conflict(before)
+        if now is not None and now.status == "True" and (then is None or then.message != now.message):
+            await self._kube.emit_event(body, "Warning", "ObjectConflict", now.message)
 
     async def _report_invalid(
         self,

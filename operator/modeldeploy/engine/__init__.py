@@ -17,17 +17,18 @@ A tick, as the shell runs it:
    providers and build an :class:`~modeldeploy.analysis.AnalysisReport` for it
    (stamped ``measured_at=now``).
 3. Observe: the Deployments labelled modeldeploy.io/name=<name> (by revision), the
-   canary weight the router verified, ``now``; call ``reconcile``.
+   what the router finds the data plane serving, ``now``; call ``reconcile``.
 4. Apply ``decision.actions`` in order (they are the whole desired state, so
    applying them again is harmless), write ``decision.status`` in one status write
    (``status.control`` comes back cleared: the control was consumed), and look again
    after ``decision.requeue_after`` (None: on the next change only).
 
-What ``Observation.router_weight`` means: the canary's share of traffic as the data
-plane serves it. For the gatewayAPI router, the HTTPRoute's verified weights. For
-the replicas router, the ready pods' ratio among the pods the Service selects: at
-100% the Service selects the canary revision alone (``EnsureService(revision)``),
-so warm stable pods do not count.
+What ``Observation.served`` means: what the data plane serves, in the router's own
+terms (:class:`ServedSplit`), or why the router cannot tell (:class:`Unverified`).
+For the gatewayAPI router, the backendRef weights of an HTTPRoute a Gateway accepted
+for its current generation. For the replicas router, the ready pods per track among
+the pods the Service selects: at 100% the Service selects the canary revision alone
+(``EnsureService(revision)``), so warm stable pods do not count.
 
 Actions (:mod:`modeldeploy.engine.actions`) say what should exist, not how to
 patch it. A revision's track is part of its desired state; the canary's Deployment
@@ -63,12 +64,20 @@ from modeldeploy.engine.machine import (
     parse_time,
     reconcile,
 )
-from modeldeploy.engine.observations import DeploymentObservation, Observation
+from modeldeploy.engine.observations import (
+    DeploymentObservation,
+    Observation,
+    Served,
+    ServedSplit,
+    Unverified,
+)
+from modeldeploy.engine.ownership import CONFLICT_CONDITION, conflict_status
 from modeldeploy.engine.replicas import ReplicaPlan, Router, effective_weight, plan_replicas
 from modeldeploy.engine.revision import revision_of
 from modeldeploy.engine.steps import Step, steps_of
 
 __all__ = [
+    "CONFLICT_CONDITION",
     "Action",
     "Decision",
     "DeleteDeployment",
@@ -82,10 +91,14 @@ __all__ = [
     "ReplicaPlan",
     "Router",
     "ScaleDeployment",
+    "Served",
+    "ServedSplit",
     "SetTrafficWeight",
     "Step",
     "Track",
+    "Unverified",
     "analysis_request",
+    "conflict_status",
     "effective_weight",
     "format_time",
     "invalid_spec_status",

@@ -93,8 +93,8 @@ def keep_pod(obj: Manifest) -> Manifest:
     meta = obj.get("metadata") or {}
     status = obj.get("status") or {}
     return {
-        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "labels")
-                     if k in meta},
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "labels",
+                                          "ownerReferences") if k in meta},
         "status": {
             "phase": status.get("phase"),
             "conditions": status.get("conditions") or [],
@@ -111,6 +111,18 @@ def keep_service(obj: Manifest) -> Manifest:
     return {
         "metadata": _metadata(obj),
         "spec": {"selector": spec.get("selector") or {}, "ports": spec.get("ports") or []},
+    }
+
+
+def keep_http_route(obj: Manifest) -> Manifest:
+    """What the gatewayAPI router reads and rewrites: parentRefs and rules (whole, as they
+    are patched back), and the parents' status, whose conditions (with observedGeneration
+    against metadata.generation) say whether a Gateway serves the route."""
+    spec = obj.get("spec") or {}
+    return {
+        "metadata": _metadata(obj),
+        "spec": {"parentRefs": spec.get("parentRefs") or [], "rules": spec.get("rules") or []},
+        "status": {"parents": (obj.get("status") or {}).get("parents") or []},
     }
 
 
@@ -141,9 +153,18 @@ CONFIG_MAPS = CachedKind("ConfigMap", "/api/v1", "configmaps", keep_metadata)
 # Not selected by label: the route a ModelDeployment names is usually the user's own (with its
 # parentRefs and hostnames), unlabelled. HTTPRoutes are few; the cache holds those of the
 # watched namespaces.
-HTTP_ROUTES = CachedKind("HTTPRoute", "/apis/gateway.networking.k8s.io/v1", "httproutes", keep_all,
-                         owned=False)
+HTTP_ROUTES = CachedKind("HTTPRoute", "/apis/gateway.networking.k8s.io/v1", "httproutes",
+                         keep_http_route, owned=False)
 CACHED_KINDS = (MODEL_DEPLOYMENTS, DEPLOYMENTS, PODS, SERVICES, CONFIG_MAPS, HTTP_ROUTES)
+
+
+def routes_through(model_deployment: Manifest) -> str | None:
+    """The HTTPRoute a ModelDeployment's canary is routed by (spec.strategy.canary.
+    trafficRouting.gatewayAPI.httpRoute), read from the raw body: it may be invalid."""
+    node: Any = model_deployment.get("spec")
+    for key in ("strategy", "canary", "trafficRouting", "gatewayAPI", "httpRoute"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, str) else None
 
 
 def owner_name(kind: CachedKind, obj: Manifest) -> str | None:
@@ -423,9 +444,17 @@ class ClusterCache:
         self._tasks: list[asyncio.Task[None]] = []
 
     def _changed(self, kind: CachedKind, obj: Manifest) -> None:
+        namespace = obj["metadata"].get("namespace") or ""
         owner = owner_name(kind, obj)
         if owner is not None:
-            self._wake(obj["metadata"].get("namespace") or "", owner)
+            self._wake(namespace, owner)
+        if kind is HTTP_ROUTES:
+            # A user's route carries no label of ours: wake whoever routes through it, so a
+            # Gateway accepting it (a status write) moves the rollout on without polling.
+            for (md_namespace, md_name), body in self.stores[s.KIND].objects.items():
+                if md_namespace == namespace and md_name != owner \
+                        and routes_through(body) == obj["metadata"]["name"]:
+                    self._wake(namespace, md_name)
 
     async def start(self, timeout: float = 120) -> None:
         """Start every informer and wait until each has listed once."""

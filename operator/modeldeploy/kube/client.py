@@ -88,6 +88,39 @@ def _differs(cached: Manifest, desired: Manifest) -> bool:
     return False
 
 
+class NotOurs(Exception):
+    """An object the operator would write exists and is not controlled by this ModelDeployment."""
+
+    def __init__(self, kind: str, name: str, controller: str) -> None:
+        self.kind, self.name, self.controller = kind, name, controller
+        super().__init__(conflict_message(kind, name, controller))
+
+
+def conflict_message(kind: str, name: str, controller: str) -> str:
+    return (f"{kind} {name} exists and is controlled by {controller}, not by this "
+            f"ModelDeployment: left untouched; delete or rename it to let the rollout use the name")
+
+
+def controller_of(obj: Manifest) -> Manifest | None:
+    """The ownerReference with ``controller: true`` (at most one, by API rule)."""
+    for ref in obj["metadata"].get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+def describe_controller(obj: Manifest) -> str:
+    ref = controller_of(obj)
+    if ref is None:
+        return "nobody"
+    return f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})"
+
+
+def controlled_by(obj: Manifest, uid: str | None) -> bool:
+    ref = controller_of(obj)
+    return uid is not None and ref is not None and ref.get("uid") == uid
+
+
 class KubeClient:
     """The operator's only door to the API server for the objects it owns.
 
@@ -159,12 +192,49 @@ class KubeClient:
         return True
 
     # -- owned objects ---------------------------------------------------------------
+    #
+    # The ``modeldeploy.io/name`` label only narrows what the caches hold; ownership is the
+    # controller ownerReference to this ModelDeployment's UID, as for a ReplicaSet and its
+    # Deployment. An object that carries the label without that reference is someone
+    # else's: never read as ours, never patched, scaled or deleted, only reported.
+
+    def _uid(self, namespace: str, md_name: str) -> str | None:
+        body = self.get_model_deployment(namespace, md_name)
+        return None if body is None else body["metadata"].get("uid")
+
+    def _ours(self, kind: str, namespace: str, name: str, md_name: str) -> Manifest | None:
+        """The cached object when this ModelDeployment controls it, else None."""
+        cached = self.cache.get(kind, namespace, name)
+        if cached is None or not controlled_by(cached, self._uid(namespace, md_name)):
+            return None
+        return cached
 
     def list_deployments(self, namespace: str, md_name: str) -> list[Manifest]:
-        return self.cache.owned("Deployment", namespace, md_name)
+        uid = self._uid(namespace, md_name)
+        return [d for d in self.cache.owned("Deployment", namespace, md_name)
+                if controlled_by(d, uid)]
 
     def list_pods(self, namespace: str, md_name: str) -> list[Manifest]:
-        return self.cache.owned("Pod", namespace, md_name)
+        """Pods of this ModelDeployment's Deployments: controlled by a ReplicaSet
+        ``<deployment>-<pod-template-hash>`` of one of them (ReplicaSets are not cached)."""
+        ours = {d["metadata"]["name"] for d in self.list_deployments(namespace, md_name)}
+        pods = []
+        for pod in self.cache.owned("Pod", namespace, md_name):
+            ref = controller_of(pod)
+            if ref is not None and ref.get("kind") == "ReplicaSet" \
+                    and str(ref.get("name")).rsplit("-", 1)[0] in ours:
+                pods.append(pod)
+        return pods
+
+    def foreign_objects(self, namespace: str, md_name: str) -> list[NotOurs]:
+        """Objects labelled with this ModelDeployment's name that it does not control."""
+        found = []
+        uid = self._uid(namespace, md_name)
+        for kind in ("Deployment", "Service", "ConfigMap"):
+            for obj in self.cache.owned(kind, namespace, md_name):
+                if not controlled_by(obj, uid):
+                    found.append(NotOurs(kind, obj["metadata"]["name"], describe_controller(obj)))
+        return sorted(found, key=lambda c: (c.kind, c.name))
 
     async def apply(self, manifest: Manifest) -> None:
         """Create the object when the cache lacks it, else patch the fields the operator owns
@@ -177,13 +247,16 @@ class KubeClient:
           removed (JSON merge patch semantics), so a Service can widen again.
         - ConfigMap: immutable, never patched.
 
-        A create answered 409 means an object the cache does not hold (its watch event is
-        on the way, or it lacks the ``modeldeploy.io/name`` label the caches select by): it
-        is patched as before, which labels it, so the caches see it from then on.
+        An object of that name that this ModelDeployment does not control is never
+        touched: ``NotOurs`` is raised for the caller to report. A create answered 409
+        means an object the cache does not hold (it lacks the ``modeldeploy.io/name`` label
+        the caches select by): it is read once to see whose it is; ours (a label removed
+        by hand) is patched, which labels it again.
         """
         kind = manifest["kind"]
         namespace = manifest["metadata"]["namespace"]
         name = manifest["metadata"]["name"]
+        uid = manifest["metadata"]["ownerReferences"][0]["uid"]
         create, patch = self._verbs(kind)
         cached = self.cache.get(kind, namespace, name)
         if cached is None:
@@ -193,7 +266,12 @@ class KubeClient:
             except ApiException as error:
                 if error.status != 409:
                     raise
-        if kind == "ConfigMap" or (cached is not None and not _differs(cached, manifest)):
+            cached = await self._read(kind, namespace, name)
+            if cached is None:
+                return  # deleted in between: the next reconcile creates it
+        if not controlled_by(cached, uid):
+            raise NotOurs(kind, name, describe_controller(cached))
+        if kind == "ConfigMap" or not _differs(cached, manifest):
             return
         if kind == "Deployment":
             body = {
@@ -202,35 +280,60 @@ class KubeClient:
             }
         else:
             spec = dict(manifest["spec"])
-            if cached is not None:
-                # A merge patch keeps keys it does not name: remove a selector key someone
-                # added, or the Service would select fewer pods than it should.
-                extra = set(cached["spec"].get("selector") or {}) - set(spec["selector"])
-                spec["selector"] = {**spec["selector"], **dict.fromkeys(extra)}
+            # A merge patch keeps keys it does not name: remove a selector key someone
+            # added, or the Service would select fewer pods than it should.
+            extra = set(cached["spec"].get("selector") or {}) - set(spec["selector"])
+            spec["selector"] = {**spec["selector"], **dict.fromkeys(extra)}
             body = {"metadata": {"labels": manifest["metadata"]["labels"]}, "spec": spec}
         self._remember(kind, await self._call(patch, name, namespace, body))
 
+    async def _read(self, kind: str, namespace: str, name: str) -> Manifest | None:
+        readers: dict[str, Callable[..., Any]] = {
+            "Deployment": self._apps.read_namespaced_deployment,
+            "Service": self._core.read_namespaced_service,
+            "ConfigMap": self._core.read_namespaced_config_map,
+        }
+        try:
+            answer = await self._call(readers[kind], name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        obj: Manifest = self._api.sanitize_for_serialization(answer)
+        return obj
+
     def get_service_selector(self, namespace: str, name: str) -> dict[str, str] | None:
-        service = self.cache.get("Service", namespace, name)
+        """The selector of the Service ``name`` that this ModelDeployment (``name``) controls."""
+        service = self._ours("Service", namespace, name, name)
         if service is None:
             return None
         return dict(service["spec"].get("selector") or {})
 
-    async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
-        """Set a Deployment's replicas when they differ (a missing one has nothing to scale)."""
+    async def scale_deployment(
+        self, namespace: str, md_name: str, name: str, replicas: int
+    ) -> None:
+        """Set an owned Deployment's replicas when they differ (a missing one has nothing to
+        scale; one this ModelDeployment does not control is reported, never scaled)."""
         cached = self.cache.get("Deployment", namespace, name)
-        if cached is None or cached["spec"].get("replicas") == replicas:
+        if cached is None:
+            return
+        if not controlled_by(cached, self._uid(namespace, md_name)):
+            raise NotOurs("Deployment", name, describe_controller(cached))
+        if cached["spec"].get("replicas") == replicas:
             return
         self._remember("Deployment", await self._call(
             self._apps.patch_namespaced_deployment, name, namespace,
             {"spec": {"replicas": replicas}},
         ))
 
-    async def delete(self, kind: str, namespace: str, name: str) -> None:
-        """Delete an object the cache holds, only if it is still that object (UID precondition)."""
+    async def delete(self, kind: str, namespace: str, md_name: str, name: str) -> None:
+        """Delete an owned object the cache holds, only if it is still that object (UID
+        precondition); one this ModelDeployment does not control is never deleted."""
         cached = self.cache.get(kind, namespace, name)
         if cached is None:
             return
+        if not controlled_by(cached, self._uid(namespace, md_name)):
+            raise NotOurs(kind, name, describe_controller(cached))
         deleters: dict[str, Callable[..., Any]] = {
             "Deployment": self._apps.delete_namespaced_deployment,
             "Service": self._core.delete_namespaced_service,
