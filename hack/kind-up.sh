@@ -8,17 +8,17 @@
 #   4. install charts/modeldeploy into `modeldeploy-system` with the images just loaded.
 #
 # Needs docker (a running daemon), kind, kubectl and helm on PATH. Re-running it is safe: it
-# reuses the cluster and upgrades both releases.
+# reuses the cluster and upgrades both releases. tests/e2e runs it itself with E2E_KIND_UP=1.
 #
 # Environment (all optional):
 #   KIND_CLUSTER      cluster name                                   (modeldeploy)
+#   KIND_BIN          the kind binary                                (kind on PATH)
 #   KIND_NODE_IMAGE   kindest/node image, e.g. kindest/node:v1.31.0  (kind's default)
 #   IMAGE_TAG         tag of the images built and loaded             (dev)
 #   SERVICES          model services to build                        (all of workloads/ with a Dockerfile)
 #   KPS_VERSION       kube-prometheus-stack chart version            (65.1.1)
 #
-# Then: export KUBECONFIG="$(mktemp)"; kind get kubeconfig --name modeldeploy > "$KUBECONFIG"
-#       pytest tests/e2e -m e2e -v
+# Then: pytest tests/e2e -m e2e -v -rs   (pytest-kind finds the cluster by name)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,11 +26,12 @@ cluster="${KIND_CLUSTER:-modeldeploy}"
 tag="${IMAGE_TAG:-dev}"
 kps_version="${KPS_VERSION:-65.1.1}"
 context="kind-${cluster}"
+kind="${KIND_BIN:-kind}"
 
 say() { printf '\n==> %s\n' "$*"; }
 die() { printf 'kind-up: %s\n' "$*" >&2; exit 1; }
 
-for tool in docker kind kubectl helm; do
+for tool in docker "$kind" kubectl helm; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is not on PATH (needs docker, kind, kubectl, helm)"
 done
 docker info >/dev/null 2>&1 || die "docker is installed but its daemon is not reachable"
@@ -38,10 +39,10 @@ docker info >/dev/null 2>&1 || die "docker is installed but its daemon is not re
 cd "$repo"
 
 say "kind cluster ${cluster}"
-if kind get clusters 2>/dev/null | grep -qx "$cluster"; then
+if "$kind" get clusters 2>/dev/null | grep -qx "$cluster"; then
   echo "reusing the existing cluster"
 else
-  kind create cluster --name "$cluster" ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"} --wait 180s
+  "$kind" create cluster --name "$cluster" ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"} --wait 180s
 fi
 kubectl --context "$context" cluster-info >/dev/null
 
@@ -64,7 +65,7 @@ for svc in "${services[@]}"; do
   docker build "${build_args[@]}" -f "workloads/${svc}/Dockerfile" -t "modeldeploy/${svc}:${tag}" .
   images+=("modeldeploy/${svc}:${tag}")
 done
-kind load docker-image --name "$cluster" "${images[@]}"
+"$kind" load docker-image --name "$cluster" "${images[@]}"
 
 say "kube-prometheus-stack ${kps_version} in monitoring"
 helm repo add prometheus-community https://prometheus-community.github.io/helm-charts --force-update >/dev/null
@@ -87,6 +88,5 @@ helm upgrade --install modeldeploy charts/modeldeploy \
 
 say "ready"
 echo "Prometheus: http://prometheus-operated.monitoring:9090 (in the cluster)"
-echo "Run the e2e tests:"
-echo "  export KUBECONFIG=\"\$(mktemp)\"; kind get kubeconfig --name ${cluster} > \"\$KUBECONFIG\""
-echo "  pytest tests/e2e -m e2e -v"
+echo "Run the e2e tests (without KUBECONFIG set, pytest-kind reaches the cluster by name):"
+echo "  KIND_CLUSTER=${cluster} pytest tests/e2e -m e2e -v -rs"

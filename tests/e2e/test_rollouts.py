@@ -8,30 +8,23 @@ The service is the song analyzer (examples/song-analyzer.yaml, adjusted to the t
 talking to the fake OpenAI-compatible upstream deployed next to it; a "bad" revision switches
 LLM_MODEL to a model the upstream is told to fail, exactly as a broken fine-tune would.
 
-Environment: E2E_IMAGE_TAG (default `dev`, what hack/kind-up.sh builds); E2E_FAKEUPSTREAM_IMAGE
-(default the song-analyzer image, run as `python -m fakeupstream`: the workload images install
-the whole repository, hack/ included); E2E_PROMETHEUS (default kube-prometheus-stack's
-`http://prometheus-operated.monitoring:9090`).
+Environment: E2E_PROMETHEUS (default kube-prometheus-stack's
+`http://prometheus-operated.monitoring:9090`); the images as e2e_scenario.py says.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from e2e_cluster import Body, Cluster
+from e2e_scenario import SERVICE_IMAGE, UPSTREAM_IMAGE, modeldeploy, phase, settled
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "song-analyzer"
-TAG = os.environ.get("E2E_IMAGE_TAG", "dev")
-SERVICE_IMAGE = f"modeldeploy/song-analyzer:{TAG}"
-UPSTREAM_IMAGE = os.environ.get("E2E_FAKEUPSTREAM_IMAGE", SERVICE_IMAGE)
 PROMETHEUS = os.environ.get("E2E_PROMETHEUS", "http://prometheus-operated.monitoring:9090")
 UPSTREAM = "fakeupstream"
 # Fine-tunes of gpt-4o-mini, as the service's price table knows them: an unpriced model would
@@ -113,22 +106,6 @@ def song(n: int) -> Body:
     return {"artist": "e2e", "title": f"song {n}", "lyrics": f"verse {n}\nchorus {n}"}
 
 
-def phase(obj: Body) -> str | None:
-    status: dict[str, Any] = obj.get("status") or {}
-    return status.get("phase")
-
-
-def settled(obj: Body) -> bool:
-    """The operator has seen the current spec and finished with it."""
-    status: dict[str, Any] = obj.get("status") or {}
-    return status.get("observedGeneration") == obj["metadata"].get("generation") and phase(obj) in {
-        "Succeeded",
-        "RolledBack",
-        "Failed",
-        "Degraded",
-    }
-
-
 @pytest.fixture
 def stable_song_analyzer(cluster: Cluster, namespace: str) -> Body:
     """The fake upstream and a song analyzer whose first revision is stable."""
@@ -177,15 +154,6 @@ def test_a_new_revision_whose_upstream_fails_is_rolled_back_on_its_own(
     assert status["history"][0]["outcome"] == "RolledBack"
     assert status["history"][0]["reason"], "a rollback says why"
     assert not status.get("canaryWeight"), "no traffic may stay on the rolled-back canary"
-
-
-def modeldeploy(cluster: Cluster, namespace: str, *args: str) -> str:
-    """The `modeldeploy` CLI, as a user runs it against the cluster."""
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "modeldeploy"), "-n", namespace, *args],
-        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout
 
 
 def test_abort_puts_all_traffic_on_stable_and_retry_starts_again(
