@@ -13,7 +13,12 @@ Counting, as Argo Rollouts' consecutive counters and Flagger's failed checks do 
   with ``noData: fail``, no data counts as a failure (provider errors stay inconclusive:
   an unreachable Prometheus says nothing about the canary);
 - a rollback indicator breaches only on a real value out of range: missing data never
-  reverts anything.
+  reverts anything;
+- a round whose traffic guard (presets.TRAFFIC_GUARD: the revision's model requests in
+  the window) reads zero or nothing is no data for every gate, whatever the gates read:
+  a blue-green preview that only probes reached, or a canary the router starves, shows
+  an availability of 1 and a cost of 0 without serving anyone, and that is no evidence.
+  Indicators are judged as measured (a real breach still reverts).
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 
 from modeldeploy import spec as s
-from modeldeploy.analysis.presets import IndicatorCheck, MetricCheck
+from modeldeploy.analysis.presets import TRAFFIC_GUARD, IndicatorCheck, MetricCheck
 from modeldeploy.analysis.report import AnalysisFailure, AnalysisReport, AnalysisRequest, Breach
-from modeldeploy.measurement import Measurement, NoData, QueryResult
+from modeldeploy.measurement import Measurement, NoData, QueryError, QueryResult
 
 INDICATOR_SUFFIX = " (rollback indicator)"
 
@@ -99,6 +104,21 @@ def _judge(
     return verdict, result.value, stable_value, reason
 
 
+def _without_traffic(guard: QueryResult | None, now: dt.datetime) -> QueryResult | None:
+    """What every gate reads instead when the traffic guard found no model requests.
+
+    None when the window held model requests (the gates are judged as measured).
+    """
+    if isinstance(guard, Measurement) and guard.value > 0:
+        return None
+    if isinstance(guard, QueryError):
+        return QueryError(f"model requests not measured: {guard.reason}", guard.time)
+    return NoData(
+        "no model requests in the window (probes and scrapes are not model requests): "
+        "nothing to judge", guard.time if guard is not None else now,
+    )
+
+
 def evaluate(
     request: AnalysisRequest,
     gates: Sequence[MetricCheck],
@@ -114,11 +134,15 @@ def evaluate(
     statuses: list[s.MetricStatus] = []
     failed: AnalysisFailure | None = None
     inconclusive: AnalysisFailure | None = None
+    idle = (_without_traffic(canary.get(TRAFFIC_GUARD), now)
+            if any(g.traffic_guard for g in gates) else None)
+    gates = [g for g in gates if not g.traffic_guard]
     if request.metrics is not None:
         gates = [g for g in gates if g.name in request.metrics]
     for gate in gates:
         verdict, value, stable_value, reason = _judge(
-            canary.get(gate.name), stable.get(gate.name), gate.threshold_range,
+            idle if idle is not None else canary.get(gate.name), stable.get(gate.name),
+            gate.threshold_range,
             gate.relative_to_stable, no_data,
         )
         last = before.get(gate.name)

@@ -6,8 +6,16 @@ stable track in the same window: that is how ``relativeToStable`` checks work.
 ``rejected`` requests (the caller's fault, 4xx) are left out of every rate.
 
 Bundles carry the thresholds each model service was run with (gate metrics count
-toward failureLimit; rollback indicators revert at once). A resource overrides any of
-them by listing a metric (or indicator) of the same name in its own spec.
+toward failureLimit; rollback indicators revert at once), chosen so that a healthy new
+revision passes under its service's real traffic: nothing a new revision is born with
+(an empty cache, a small traffic share) may fail it. A resource overrides any of them by
+listing a metric (or indicator) of the same name in its own spec.
+
+An analysis that uses any preset measures a service of the metric contract, so each of
+its rounds also measures the revision's model requests (:data:`TRAFFIC_GUARD`): a round
+with none in its window is no data for every gate, never a pass. Probes and scrapes are
+not model requests (the services do not count them), so a blue-green preview nobody sends
+real traffic to stays inconclusive however healthy its probes are.
 """
 
 from __future__ import annotations
@@ -30,6 +38,12 @@ _ANSWERED = _requests('outcome!="rejected"')
 _SUCCEEDED = _requests('outcome="success"')
 _FAILED = _requests('outcome=~"error|timeout"')
 _TIMED_OUT = _requests('outcome="timeout"')
+# Every revision of this ModelDeployment: the whole service's answered traffic.
+_ANSWERED_ALL_REVISIONS = (
+    'sum(rate(model_requests_total{namespace="{{namespace}}",modeldeploy_name="{{name}}",'
+    'outcome!="rejected"}[{{interval}}]))'
+)
+_COST = f"sum(rate(model_cost_usd_total{{{_SEL}}}[{{{{interval}}}}]))"
 
 
 def _or_zero(numerator: str) -> str:
@@ -52,10 +66,13 @@ BUILTIN_QUERIES: dict[str, str] = {
         f"sum(rate(model_request_duration_seconds_sum{{{_SEL}}}[{{{{interval}}}}])) / "
         f"sum(rate(model_request_duration_seconds_count{{{_SEL}}}[{{{{interval}}}}]))"
     ),
-    "cost-per-request": (
-        f"sum(rate(model_cost_usd_total{{{_SEL}}}[{{{{interval}}}}])) / {_SUCCEEDED}"
-    ),
-    "cost-per-hour": f"sum(rate(model_cost_usd_total{{{_SEL}}}[{{{{interval}}}}])) * 3600",
+    "cost-per-request": f"{_COST} / {_SUCCEEDED}",
+    # What the service would cost per hour if this revision served all of its current
+    # traffic: the revision's spend scaled by its share of answered requests. A raw
+    # per-revision spend shrinks and grows with the canary's weight (a 5% canary spends a
+    # twentieth), so no one threshold could hold at every step; this one compares alike
+    # at 5%, 50% and 100%, and canary with stable.
+    "cost-per-hour": f"{_COST} * 3600 * ({_ANSWERED_ALL_REVISIONS} / {_ANSWERED})",
     "cache-hit-rate": (
         _or_zero(f'sum(rate(model_cache_requests_total{{{_SEL},result="hit"}}[{{{{interval}}}}]))')
         + " / "
@@ -88,6 +105,15 @@ class MetricCheck:
     relative_to_stable: s.RelativeToStable | None = None
     failure_limit: int = 2
     inconclusive_limit: int = 3
+    # The round's traffic guard (TRAFFIC_GUARD), measured like a gate and judged by none.
+    traffic_guard: bool = False
+
+
+# The traffic guard's name: not a name a resource can give a metric ([a-z0-9-]).
+TRAFFIC_GUARD = "(model requests)"
+# The revision's answered model requests per second in the window: zero, or no series at
+# all, means nothing in the window says how the revision serves real requests.
+TRAFFIC_GUARD_CHECK = MetricCheck(TRAFFIC_GUARD, _ANSWERED, traffic_guard=True)
 
 
 @dataclass(frozen=True)
@@ -118,8 +144,11 @@ BUNDLES: dict[str, tuple[list[MetricCheck], list[IndicatorCheck]]] = {
     ),
     "song-analyzer": (
         [_gate("error-rate", R(max=0.02)), _gate("latency-p95", R(max=10.0)),
-         # "cost ≈ $0.0007/song": gate at 1.5x that, so a pricier model is caught.
-         _gate("cost-per-request", R(max=0.00105))],
+         # A typical song (2,300 input + 300 output tokens) costs $0.00105 on a gpt-4o-mini
+         # fine-tune ($0.30/$1.20 per 1M): gate at 1.5x that, so a healthy revision passes
+         # with room for long songs while a pricier model (a gpt-4o fine-tune costs 12.5x,
+         # a gpt-4.1-mini fine-tune 2.7x) is caught.
+         _gate("cost-per-request", R(max=0.0016))],
         [_indicator("error-rate", R(max=0.05)), _indicator("latency-p95", R(max=20.0))],
     ),
     "chat-proxy": (
@@ -127,10 +156,14 @@ BUNDLES: dict[str, tuple[list[MetricCheck], list[IndicatorCheck]]] = {
         [_indicator("error-rate", R(max=0.10))],
     ),
     "orchestrator": (
+        # Every new revision starts with an empty cache, so its first rounds miss more than
+        # a warm stable does: cache hits are a gate (failureLimit lets the cache warm for
+        # two rounds) and never an at-once rollback indicator, which would revert every
+        # healthy canary in its first round. A cache that stays cold still fails the gate.
         [_gate("error-rate", R(max=0.05)), _gate("latency-p95", R(max=5.0)),
          _gate("cache-hit-rate", R(min=0.5)), _gate("cost-per-hour", R(max=10.0))],
         [_indicator("error-rate", R(max=0.10)), _indicator("latency-p95", R(max=10.0)),
-         _indicator("cache-hit-rate", R(min=0.2)), _indicator("cost-per-hour", R(max=50.0))],
+         _indicator("cost-per-hour", R(max=50.0))],
     ),
     "textgen": (
         [_gate("error-rate", R(max=0.01)),
@@ -144,7 +177,8 @@ def resolve(analysis: s.Analysis) -> tuple[list[MetricCheck], list[IndicatorChec
     """The metrics and indicators a resource's analysis runs, presets expanded.
 
     Order of precedence: a bundle's defaults, then built-in presets listed on their
-    own, then the resource's `metrics` and `rollbackIndicators` by name.
+    own, then the resource's `metrics` and `rollbackIndicators` by name. With any preset,
+    the gates end with :data:`TRAFFIC_GUARD_CHECK` (see the module docstring).
     """
     gates: dict[str, MetricCheck] = {}
     indicators: dict[str, IndicatorCheck] = {}
@@ -177,4 +211,7 @@ def resolve(analysis: s.Analysis) -> tuple[list[MetricCheck], list[IndicatorChec
     unjudged = [g.name for g in gates.values() if g.threshold_range is None and g.relative_to_stable is None]
     for name in unjudged:
         del gates[name]  # listed without a threshold: nothing to judge it by
-    return list(gates.values()), list(indicators.values())
+    checks = list(gates.values())
+    if analysis.presets and checks:
+        checks.append(TRAFFIC_GUARD_CHECK)
+    return checks, list(indicators.values())

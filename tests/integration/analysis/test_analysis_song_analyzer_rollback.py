@@ -96,8 +96,13 @@ def test_a_canary_whose_model_fails_30_percent_is_rolled_back_by_the_error_rate_
                            verdict="Fail") >= 1
     assert operator_metric(operator.metrics_port, "modeldeploy_rollouts_total",
                            namespace=namespace, name=NAME, result="RolledBack") == 1
-    assert operator_metric(operator.metrics_port, "modeldeploy_canary_weight",
-                           namespace=namespace, name=NAME) == 0, "the gauge follows the revert"
+    # The bad canary keeps serving until stable's pods are ready again (a reverse canary);
+    # once the revert is done the weight gauge follows it to 0.
+    wait_status(kube, namespace, NAME, lambda s: not s.get("revertingFrom"),
+                what="the revert to finish")
+    wait_until(lambda: operator_metric(operator.metrics_port, "modeldeploy_canary_weight",
+                                       namespace=namespace, name=NAME) == 0,
+               timeout=30, what="the canary weight gauge to follow the revert to 0")
     assert operator_metric(operator.metrics_port, "modeldeploy_phase", namespace=namespace,
                            name=NAME, phase="RolledBack") == 1
     assert operator_metric(operator.metrics_port, "modeldeploy_analysis_query_seconds_count") > 0

@@ -10,6 +10,7 @@ from modeldeploy.analysis import presets
 from modeldeploy.analysis.evaluate import INDICATOR_SUFFIX, evaluate
 from modeldeploy.analysis.report import AnalysisRequest
 from modeldeploy.measurement import Measurement, NoData, QueryError, QueryResult
+from modelkit.pricing import cost_usd
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 REQUEST = AnalysisRequest(revision="canary1", stable_revision="stable1", since=NOW, measurements=3)
@@ -154,3 +155,99 @@ def test_a_resource_overrides_a_bundle_threshold_by_name() -> None:
     assert cost.query == presets.BUILTIN_QUERIES["cost-per-request"]
     errors = next(i for i in indicators if i.metric == "error-rate")
     assert errors.threshold_range == s.ThresholdRange(max=0.1)
+
+
+def _resolved(presets_: list[str], metrics: list[dict[str, object]] | None = None,
+              ) -> tuple[list[presets.MetricCheck], list[presets.IndicatorCheck]]:
+    return presets.resolve(s.Analysis.model_validate({
+        "provider": {"prometheus": {"address": "http://p:9090"}}, "presets": presets_,
+        "metrics": metrics or [],
+    }))
+
+
+# chat-proxy's bundle: error-rate and availability gates, the traffic guard last.
+CHAT_GATES, CHAT_INDICATORS = _resolved(["chat-proxy"])
+HEALTHY_BUT_UNUSED = {"error-rate": value(0.0), "availability": value(1.0)}
+
+
+def _preview_round(traffic: QueryResult | None, no_data: str = "inconclusive",
+                   measured: dict[str, QueryResult] | None = None):  # type: ignore[no-untyped-def]
+    canary = dict(measured if measured is not None else HEALTHY_BUT_UNUSED)
+    if traffic is not None:
+        canary[presets.TRAFFIC_GUARD] = traffic
+    request = AnalysisRequest(revision="green1", stable_revision="blue1", since=NOW, measurements=3)
+    return evaluate(request, CHAT_GATES, CHAT_INDICATORS, canary, {}, [], no_data, NOW)
+
+
+@pytest.mark.parametrize(
+    "traffic",
+    [value(0.0), nodata(), None],
+    ids=["zero model requests in the window", "no request series at all",
+         "model requests not measured"],
+)
+def test_a_round_without_model_requests_is_inconclusive_however_healthy_its_gates_read(
+    traffic: QueryResult | None,
+) -> None:
+    report = _preview_round(traffic)
+    assert report.verdict is s.Verdict.INCONCLUSIVE
+    assert report.consecutive_passes == 0
+    assert {m.name: m.verdict for m in report.metrics if not m.name.endswith(INDICATOR_SUFFIX)} == {
+        "error-rate": s.Verdict.INCONCLUSIVE, "availability": s.Verdict.INCONCLUSIVE,
+    }
+    assert "no model requests in the window" in report.summary
+
+
+def test_a_round_with_model_requests_is_judged_on_its_gates() -> None:
+    report = _preview_round(value(2.5))
+    assert report.verdict is s.Verdict.PASS
+    assert presets.TRAFFIC_GUARD not in {m.name for m in report.metrics}, "measured, not listed"
+
+
+def test_no_model_requests_count_as_a_failure_when_no_data_is_fail() -> None:
+    assert _preview_round(value(0.0), no_data="fail").verdict is s.Verdict.FAIL
+
+
+def test_an_unreachable_prometheus_for_the_traffic_guard_stays_inconclusive() -> None:
+    report = _preview_round(down(), no_data="fail")
+    assert report.verdict is s.Verdict.INCONCLUSIVE
+    assert "unreachable" in report.summary
+
+
+def test_an_idle_round_still_reverts_on_a_real_indicator_breach() -> None:
+    measured = {**HEALTHY_BUT_UNUSED, "error-rate" + INDICATOR_SUFFIX: value(0.5)}
+    report = _preview_round(value(0.0), measured=measured)
+    assert report.breach is not None and report.breach.metric == "error-rate"
+
+
+def test_presets_add_the_traffic_guard_and_custom_only_analyses_do_not() -> None:
+    gates, _ = _resolved(["success-rate"])
+    assert [g.name for g in gates if g.traffic_guard] == [presets.TRAFFIC_GUARD]
+    custom = s.Analysis.model_validate({
+        "provider": {"prometheus": {"address": "http://p:9090"}},
+        "metrics": [{"name": "queue-depth", "query": "sum(q)", "thresholdRange": {"max": 5}}],
+    })
+    assert not any(g.traffic_guard for g in presets.resolve(custom)[0])
+
+
+def test_no_bundle_reverts_a_new_revision_for_the_cache_it_has_not_filled_yet() -> None:
+    # A new revision's cache starts empty: low hit rates in its first rounds are expected,
+    # so cache hits are judged by a gate (failureLimit lets the cache warm), never by an
+    # at-once rollback indicator.
+    for bundle in presets.BUNDLES:
+        _, indicators = _resolved([bundle])
+        assert "cache-hit-rate" not in {i.metric for i in indicators}, bundle
+    orchestrator, _ = _resolved(["orchestrator"])
+    cache = next(g for g in orchestrator if g.name == "cache-hit-rate")
+    assert cache.threshold_range == s.ThresholdRange(min=0.5) and cache.failure_limit == 2
+
+
+def test_the_song_cost_gate_passes_a_typical_song_on_the_fine_tuned_price() -> None:
+    # A typical song is 2,300 input and 300 output tokens, priced by the services' table.
+    typical_song_usd = cost_usd("ft:gpt-4o-mini-2024-07-18:acme:songs:v3", 2_300, 300)
+    pricier_model_usd = cost_usd("ft:gpt-4o-2024-08-06:acme:songs:v3", 2_300, 300)
+    assert typical_song_usd is not None and pricier_model_usd is not None
+    gates, _ = _resolved(["song-analyzer"])
+    cost = next(g for g in gates if g.name == "cost-per-request")
+    assert cost.threshold_range is not None and cost.threshold_range.max is not None
+    assert cost.threshold_range.max >= 1.5 * typical_song_usd
+    assert pricier_model_usd > cost.threshold_range.max

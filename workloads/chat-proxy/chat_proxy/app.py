@@ -7,9 +7,10 @@ Routes (``/v1/...`` are aliases of ``/api/v1/...`` so the openai SDK works with
   then forwarded with the openai SDK; the upstream's completion is returned as is.
 * ``GET /api/v1/models``: the upstream's model list.
 * ``GET /api/v1/health``: the same checks and body as the kit's ``/health``.
-  Kubernetes probes should use ``/health`` (never behind ``API_KEY``, never counted
-  in ``model_requests_total``); ``/api/v1/health`` is for API clients and, like
-  every ``/api`` route, needs ``X-API-Key`` when one is configured.
+  Kubernetes probes should use ``/health`` (never behind ``API_KEY``);
+  ``/api/v1/health`` is for API clients and, like every ``/api`` route, needs
+  ``X-API-Key`` when one is configured. Neither is counted in ``model_requests_total``:
+  a probe is not a model request, and its successes would dilute the error rate.
 
 Health: ``upstream_models`` lists the upstream's models with a short timeout
 (``HEALTH_UPSTREAM_TIMEOUT_S``, 2 s) and caches the answer for
@@ -52,6 +53,7 @@ from chat_proxy.validation import (
 )
 
 SERVICE = "chat-proxy"
+API_HEALTH_PATH = "/api/v1/health"
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 # Extra time the SDK gets to raise its own timeout before the safety net fires.
 _TIMEOUT_GRACE_S = 1.0
@@ -150,6 +152,7 @@ def build_app(settings: ChatProxySettings) -> FastAPI:
         service=SERVICE,
         models=[settings.default_model],
         checks={"upstream_models": models_check},
+        uncounted_paths=[API_HEALTH_PATH],
         lifespan=lifespan,
     )
     limits = ValidationLimits(max_image_bytes=settings.max_image_bytes)
@@ -201,6 +204,6 @@ def build_app(settings: ChatProxySettings) -> FastAPI:
     for prefix in ("/api/v1", "/v1"):
         app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
         app.add_api_route(f"{prefix}/models", list_models, methods=["GET"])
-    app.add_api_route("/api/v1/health", api_health, methods=["GET"])
+    app.add_api_route(API_HEALTH_PATH, api_health, methods=["GET"])
 
     return app

@@ -16,7 +16,10 @@ no ``BaseHTTPMiddleware``, so streaming and cancellation behave):
    OpenAI API itself does for its own bugs);
 6. timing and counting in ``model_requests_total``/``model_request_duration_seconds`` under
    the route template (``/items/{id}``, not the raw path; ``unmatched`` for unknown paths),
-   and one JSON log line per request.
+   and one JSON log line per request. /health, /metrics and the service's own
+   ``uncounted_paths`` (a health alias, a stats page) are logged but never counted: they
+   are not model requests, and probe or scrape successes would dilute the error rate the
+   canary analysis judges (and make a preview with no real traffic look healthy).
 """
 
 from __future__ import annotations
@@ -71,10 +74,18 @@ def _error_response(error: ServiceError) -> JSONResponse:
 class ServiceMiddleware:
     """Request id, auth, size limit, catch-all, timing and counting (see module docstring)."""
 
-    def __init__(self, app: ASGIApp, *, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: ServiceSettings,
+        metrics: ServiceMetrics,
+        uncounted_paths: frozenset[str] = UNCOUNTED_PATHS,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
+        self.uncounted_paths = uncounted_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -184,7 +195,7 @@ class ServiceMiddleware:
         path = scope.get("path", "")
         outcome = state.get(OUTCOME_STATE_KEY) or outcome_for_status(status or 500)
         route = _route_label(scope)
-        if path not in UNCOUNTED_PATHS:
+        if path not in self.uncounted_paths:
             self.metrics.observe_request(route, outcome, duration_s)
         access_log.info(
             "request",
@@ -271,12 +282,15 @@ def create_app(
     checks: Mapping[str, HealthCheck] | None = None,
     upstream_check: bool = True,
     metrics: ServiceMetrics | None = None,
+    uncounted_paths: Sequence[str] = (),
     **fastapi_kwargs: Any,
 ) -> FastAPI:
     """A FastAPI app with /health, /metrics, the middleware and the error handlers.
 
     ``models`` get ``model_info{model, version=APP_VERSION} 1``. ``checks`` are the service's
     health checks; ``upstream_check`` adds one reporting consecutive upstream failures.
+    ``uncounted_paths`` are the service's own routes that are not model requests (a health
+    alias, a stats page): like /health and /metrics they stay out of ``model_requests_total``.
     The app's ``state`` holds ``settings``, ``metrics`` (a :class:`ServiceMetrics` with its own
     registry) and ``health_checks`` (a dict the service may add to later).
     """
@@ -310,7 +324,8 @@ def create_app(
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_middleware(ServiceMiddleware, settings=settings, metrics=metrics)
+    app.add_middleware(ServiceMiddleware, settings=settings, metrics=metrics,
+                       uncounted_paths=UNCOUNTED_PATHS | frozenset(uncounted_paths))
 
     @app.get("/health", include_in_schema=False)
     async def health() -> JSONResponse:

@@ -2,7 +2,9 @@
 
 Routes: ``POST /query`` (:class:`orchestrator.service.QueryRequest`), ``GET /stats``
 (cost so far, cost-per-hour estimate, cache and per-model confidence), plus the
-kit's ``/health`` and ``/metrics``.
+kit's ``/health`` and ``/metrics``. ``/stats`` is a monitoring page, not a model
+request: like /health and /metrics it stays out of ``model_requests_total``, so a
+dashboard polling it never dilutes the error rate the canary analysis judges.
 
 Health checks: the kit's ``upstream`` (consecutive failed model calls) and
 ``data_dir``: degraded while the confidence file cannot be written (answers
@@ -25,6 +27,7 @@ from orchestrator.config import OrchestratorSettings
 from orchestrator.service import Orchestrator, QueryRequest
 
 SERVICE = "orchestrator"
+STATS_PATH = "/stats"
 
 
 def build_app(settings: OrchestratorSettings) -> FastAPI:
@@ -41,7 +44,8 @@ def build_app(settings: OrchestratorSettings) -> FastAPI:
         yield
         await client.close()
 
-    app = create_app(settings, service=SERVICE, models=list(settings.models), lifespan=lifespan)
+    app = create_app(settings, service=SERVICE, models=list(settings.models),
+                     uncounted_paths=[STATS_PATH], lifespan=lifespan)
     orchestrator = Orchestrator(settings, app.state.metrics, client, confidence)
     app.state.orchestrator = orchestrator
 
@@ -56,7 +60,7 @@ def build_app(settings: OrchestratorSettings) -> FastAPI:
     async def query(request: QueryRequest) -> dict[str, Any]:
         return await orchestrator.query(request)
 
-    @app.get("/stats")
+    @app.get(STATS_PATH)
     async def stats() -> dict[str, Any]:
         return orchestrator.stats()
 
