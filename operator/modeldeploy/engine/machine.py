@@ -746,7 +746,26 @@ class _Tick:
             # Surge: stable gives up pods only as canary pods become ready.
             stable_replicas = max(stable_replicas, n - canary_ready)
         selects = canary if weight == 100 and canary_ready >= n else None
-        return plan.canary, stable_replicas, plan.effective_weight, selects
+        served_weight = plan.effective_weight
+        if self.router == "gatewayAPI" and canary_ready < plan.canary:
+            served_weight = self.route_weight_while_scaling(
+                served_weight, canary_ready, plan.canary, stable_replicas)
+        return plan.canary, stable_replicas, served_weight, selects
+
+    def route_weight_while_scaling(
+        self, planned: int, canary_ready: int, canary_pods: int, stable_pods: int
+    ) -> int:
+        """The canary's HTTPRoute weight while its pods come up: a weight on a backend with
+        no ready pod fails those requests (a Gateway answers 503, "no healthy upstream"),
+        unlike a Service, which spreads over ready pods only. So the canary's share grows
+        with its ready pods up to the plan, and stable's is 0 once it has none (scaled down
+        with dynamicStableScale). The step still waits for the full plan to be verified."""
+        stable = self.observation.deployments.get(self.status.stable_revision or "")
+        if canary_ready == 0:
+            return 0
+        if stable is None or min(stable.ready_replicas, stable_pods) == 0:
+            return 100
+        return max(1, planned * canary_ready // canary_pods)
 
     def revert_plan(self) -> tuple[int, int, int, str | None] | None:
         """(reverted replicas, stable replicas, weight to the reverted revision, Service

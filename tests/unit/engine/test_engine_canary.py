@@ -373,6 +373,10 @@ def test_with_the_gateway_router_the_weight_is_exact_and_stable_keeps_its_pods()
     new = spec_of("v2", strategy={"canary": {"steps": [{"setWeight": 10}], **routing}})
     world = rolling(old, new)
     decision = world.tick()
+    # No weight on the route before the canary has a ready pod (a Gateway would answer 503).
+    assert weight_of(decision) == 0
+    assert replicas_of(decision) == {revision_of(new): 1, revision_of(old): 4}
+    decision = world.tick()
     assert weight_of(decision) == 10
     assert replicas_of(decision) == {revision_of(new): 1, revision_of(old): 4}
     assert world.status.canary_weight == 10
