@@ -141,8 +141,10 @@ def test_a_route_no_gateway_accepts_pauses_the_rollout_until_its_gateway_exists(
         f"{namespace}/public: NoMatchingParent: no Gateway {namespace}/public; "
         "resumes on its own once a Gateway accepts the route"
     )
-    # Truthfully so: the route's weights are written, but nothing routes by them.
-    assert weights(kube, namespace) == split(80, 20)
+    # Truthfully so: the route's weights are written (once the canary's pod is ready: a
+    # route weight needs a ready endpoint), but nothing routes by them.
+    wait_until(lambda: weights(kube, namespace) == split(80, 20), timeout=30,
+               what="the route's weights 80/20")
     route_url = sandbox.route_url(namespace, ROUTE)
     assert httpx.get(f"{route_url}/health", timeout=10).status_code == 404
 
