@@ -209,6 +209,14 @@ class KubeClient:
             return None
         return cached
 
+    def _to_write(self, kind: str, namespace: str, name: str, md_name: str) -> Manifest | None:
+        """The cached object a write may touch: None when absent; NotOurs when someone
+        else controls it."""
+        cached = self.cache.get(kind, namespace, name)
+        if cached is not None and not controlled_by(cached, self._uid(namespace, md_name)):
+            raise NotOurs(kind, name, describe_controller(cached))
+        return cached
+
     def list_deployments(self, namespace: str, md_name: str) -> list[Manifest]:
         uid = self._uid(namespace, md_name)
         return [d for d in self.cache.owned("Deployment", namespace, md_name)
@@ -314,12 +322,8 @@ class KubeClient:
     ) -> None:
         """Set an owned Deployment's replicas when they differ (a missing one has nothing to
         scale; one this ModelDeployment does not control is reported, never scaled)."""
-        cached = self.cache.get("Deployment", namespace, name)
-        if cached is None:
-            return
-        if not controlled_by(cached, self._uid(namespace, md_name)):
-            raise NotOurs("Deployment", name, describe_controller(cached))
-        if cached["spec"].get("replicas") == replicas:
+        cached = self._to_write("Deployment", namespace, name, md_name)
+        if cached is None or cached["spec"].get("replicas") == replicas:
             return
         self._remember("Deployment", await self._call(
             self._apps.patch_namespaced_deployment, name, namespace,
@@ -329,11 +333,9 @@ class KubeClient:
     async def delete(self, kind: str, namespace: str, md_name: str, name: str) -> None:
         """Delete an owned object the cache holds, only if it is still that object (UID
         precondition); one this ModelDeployment does not control is never deleted."""
-        cached = self.cache.get(kind, namespace, name)
+        cached = self._to_write(kind, namespace, name, md_name)
         if cached is None:
             return
-        if not controlled_by(cached, self._uid(namespace, md_name)):
-            raise NotOurs(kind, name, describe_controller(cached))
         deleters: dict[str, Callable[..., Any]] = {
             "Deployment": self._apps.delete_namespaced_deployment,
             "Service": self._core.delete_namespaced_service,
