@@ -278,11 +278,11 @@ def test_logs_reads_what_the_kubelet_wrote_and_follows_it(kubectl_env: dict[str,
 
     threading.Thread(target=read_lines, daemon=True).start()
     try:
-        assert [lines.get(timeout=10), lines.get(timeout=10)] == ["starting",
+        assert [lines.get(timeout=30), lines.get(timeout=30)] == ["starting",
                                                                   "listening on 8080"]
         with log_file.open("a") as handle:
             handle.write("GET /health 200\n")
-        assert lines.get(timeout=10) == "GET /health 200"
+        assert lines.get(timeout=30) == "GET /health 200"
         kubectl(kubectl_env, "delete", "pod", "talker")
         assert follower.wait(10) == 0, "following ends when the pod is gone"
     finally:
