@@ -57,7 +57,9 @@ from rbac_rules import (
     service_account_name,
 )
 
-pytestmark = pytest.mark.integration
+# One worker runs the whole module (hack/test passes --dist loadgroup): its module fixture
+# plays every chart mode's scenario, about two minutes, and must not run once per worker.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("rbac-scenarios")]
 
 TOKEN_SECRET = "prometheus-token"
 # HA modes: a short Lease, so the holder renews it (every second) within a short scenario.
@@ -109,9 +111,17 @@ def canary(router: dict[str, Any]) -> dict[str, Any]:
 MODES = ["cluster-wide", "namespaced", "ha", "ha-namespaced"]
 
 
-def chart_values(mode: str, namespace: str) -> dict[str, Any]:
-    """The chart's values for a mode, with the scenario's analysis Secret readable."""
+def prometheus_address(sandbox: Sandbox) -> str:
+    """Where the scenario's analysis queries (the chart must allow it)."""
+    return sandbox.prometheus_url or "http://127.0.0.1:9"
+
+
+def chart_values(mode: str, namespace: str, provider_address: str | None = None) -> dict[str, Any]:
+    """The chart's values for a mode, with the scenario's analysis Secret readable and, when
+    given, its Prometheus in the allow-list."""
     values: dict[str, Any] = {"rbac": {"analysisSecretNames": [TOKEN_SECRET]}}
+    if provider_address is not None:
+        values["analysis"] = {"allowedProviderAddresses": [provider_address]}
     if mode.startswith("ha"):
         values["ha"] = {"enabled": True, "leaseSeconds": LEASE_SECONDS}
     if mode.endswith("namespaced"):
@@ -231,7 +241,7 @@ def cluster_wide_scenario(sandbox: Sandbox, kube: KubeAPI, namespace: str, audit
     analysis = {
         "interval": "1s",
         "provider": {"prometheus": {
-            "address": sandbox.prometheus_url or "http://127.0.0.1:9",
+            "address": prometheus_address(sandbox),
             "bearerTokenSecret": {"name": TOKEN_SECRET, "key": "token"},
         }},
         "metrics": [{"name": "always-one", "query": "vector(1)", "thresholdRange": {"max": 2}}],
@@ -321,7 +331,7 @@ def observed(
         fresh_namespace(kube, RELEASE_NAMESPACE)
     try:
         for mode, namespace in namespaces.items():
-            objects = render(chart_values(mode, namespace))
+            objects = render(chart_values(mode, namespace, prometheus_address(sandbox)))
             lease = lease_path(objects)
             start = audit.offset()
             operators = [ChartModeOperator(kubeconfig, logs, objects, pod) for pod in pod_names(objects)]
