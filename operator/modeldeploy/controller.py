@@ -48,7 +48,11 @@ from modeldeploy.actuator import apply_actions
 from modeldeploy.analysis_runner import AnalysisRunner
 from modeldeploy.kube.cache import ClusterCache, cancel_and_wait
 from modeldeploy.kube.client import USER_AGENT, KubeClient, NamespaceTerminating
+from modeldeploy.liveness import Heartbeats
+from modeldeploy.messages import bounded_status
 from modeldeploy.observe import observe_deployments
+from modeldeploy.podpolicy import ALLOWED_SERVICE_ACCOUNTS_ENV, POLICY_ENV, PodTemplatePolicy
+from modeldeploy.providers import ALLOWED_ADDRESSES_ENV, ProviderAddresses, allowed_addresses
 from modeldeploy.routing import router_for
 from modeldeploy.workqueue import Lane, WorkQueue
 
@@ -56,6 +60,10 @@ log = logging.getLogger("modeldeploy.controller")
 # How often an object of someone else's that blocks a write (and that no watch sees) is
 # tried again: two requests (the refused create, one read) per ModelDeployment per period.
 CONFLICT_RETRY_SECONDS = 15.0
+# Liveness (modeldeploy.liveness): a tick still running after this long is stuck (every
+# call in it has a deadline), and so is a scheduling loop silent for this long.
+TICK_STUCK_SECONDS = 600.0
+LOOP_STUCK_SECONDS = 30.0
 Manifest = dict[str, Any]
 Key = tuple[str, str]
 
@@ -78,6 +86,11 @@ class OperatorConfig:
     lease_namespace: str = "default"
     lease_seconds: int = 15
     identity: str = ""
+    # Metric provider addresses analysis may query (MODELDEPLOY_ALLOWED_PROVIDER_ADDRESSES,
+    # comma-separated); None: any, when the variable is unset (the chart always sets it).
+    allowed_provider_addresses: tuple[str, ...] | None = None
+    # MODELDEPLOY_POD_TEMPLATE_POLICY / MODELDEPLOY_ALLOWED_SERVICE_ACCOUNTS (podpolicy.py).
+    pod_template_policy: PodTemplatePolicy = field(default_factory=PodTemplatePolicy)
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -97,7 +110,18 @@ class OperatorConfig:
             lease_namespace=env("POD_NAMESPACE", "default"),
             lease_seconds=int(env("MODELDEPLOY_LEASE_SECONDS", "15")),
             identity=env("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+            allowed_provider_addresses=allowed_addresses(env(ALLOWED_ADDRESSES_ENV)),
+            pod_template_policy=PodTemplatePolicy.from_env(
+                env(POLICY_ENV), env(ALLOWED_SERVICE_ACCOUNTS_ENV)),
         )
+
+
+class LeadershipLost(Exception):
+    """The Lease lapsed while a tick ran: it writes nothing more."""
+
+
+class ActionsFailed(Exception):
+    """The API server refused or failed an action; the status says so (ActionFailed)."""
 
 
 def _utcnow() -> dt.datetime:
@@ -138,7 +162,8 @@ def rollback_reason(status: s.ModelDeploymentStatus, outcome: str) -> str:
 
 
 def status_dict(status: s.ModelDeploymentStatus) -> Manifest:
-    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    """The status as written: every message within its limit (``modeldeploy.messages``)."""
+    return bounded_status(status).model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 class RolloutController:
@@ -147,14 +172,17 @@ class RolloutController:
         api_client: ApiClient,
         config: OperatorConfig,
         is_leader: Callable[[], bool] = lambda: True,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         self._config = config
         self._is_leader = is_leader
+        self.heartbeats = heartbeats or Heartbeats()
         self._queue: WorkQueue[Key] = WorkQueue()
         self.cache = ClusterCache(api_client, USER_AGENT, list(config.namespaces), self.notice,
                                   config.watch_server_timeout)
         self._kube = KubeClient(api_client, self.cache)
-        self._analysis = AnalysisRunner(self._kube, config.query_concurrency)
+        self._analysis = AnalysisRunner(self._kube, config.query_concurrency,
+                                        ProviderAddresses(config.allowed_provider_addresses))
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- scheduling ------------------------------------------------------------------
@@ -185,6 +213,7 @@ class RolloutController:
     async def _follow_leadership(self) -> None:
         leading = True
         while True:
+            self.heartbeats.beat("controller loop", LOOP_STUCK_SECONDS)
             now_leading = self._is_leader()
             if now_leading and not leading:
                 for key in self.cache.model_deployment_keys():
@@ -201,9 +230,15 @@ class RolloutController:
             key = await self._queue.get()
             try:
                 if self._is_leader():
-                    await self._reconcile(key)
+                    with self.heartbeats.running(f"tick of {key[0]}/{key[1]}", TICK_STUCK_SECONDS):
+                        await self._reconcile(key)
             finally:
                 self._queue.done(key)
+
+    def _require_leadership(self) -> None:
+        """Checked before each write, not only before a tick: a tick can outlast the Lease."""
+        if not self._is_leader():
+            raise LeadershipLost
 
     async def _reconcile(self, key: Key) -> None:
         namespace, name = key
@@ -215,6 +250,16 @@ class RolloutController:
             # queues it again.
             log.info("namespace %s is being deleted: %s/%s left alone", namespace, namespace, name)
             self._queue.forget(key)
+            return
+        except ActionsFailed as failure:
+            delay = self._queue.failed(key)
+            log.warning("%s/%s: %s; retrying in %.1fs", namespace, name, failure, delay)
+            return
+        except LeadershipLost:
+            # Queued again: a worker drops it while another replica leads, and reconciles
+            # it if the Lease came back before the leadership loop saw it go.
+            log.info("lost the Lease during the tick of %s/%s: nothing more written", namespace, name)
+            self._queue.add(key)
             return
         except Exception:
             delay = self._queue.failed(key)
@@ -246,6 +291,13 @@ class RolloutController:
         except ValidationError as error:
             await self._report_invalid(body, status, generation, s.explain(error), now)
             return None  # nothing to retry until the spec changes (a new watch event)
+        # The operator's own rules (a metric provider outside the allow-list, a pod
+        # template the podTemplatePolicy refuses) are validated like the spec.
+        refused = [*self._config.pod_template_policy.refusals(md.spec.template.spec),
+                   *self._analysis.refusals(md.spec)]
+        if refused:
+            await self._report_invalid(body, status, generation, refused, now)
+            return None
         md.status = status
         deployments = self._kube.list_deployments(namespace, name)
         pods = self._kube.list_pods(namespace, name)
@@ -261,11 +313,17 @@ class RolloutController:
             analysis=await self._analysis.measure(md, status, now),
         )
         decision = engine.reconcile(md.spec, status, observation, name)
-        blocked = await apply_actions(self._kube, md, decision.actions)
+        self._require_leadership()
+        applied = await apply_actions(self._kube, md, decision.actions)
+        blocked = applied.conflicts
         conflicts = {str(c) for c in [*self._kube.foreign_objects(namespace, name), *blocked]}
         decided = engine.conflict_status(decision.status, sorted(conflicts), generation, now)
+        failure = applied.failure
+        decided = engine.action_failure_status(
+            decided, None if failure is None else (failure.reason, failure.message), generation, now)
         new_status = status_dict(decided)
         if new_status != (body.get("status") or {}):
+            self._require_leadership()
             written = await self._kube.write_status(body, new_status)
             if not written:
                 return 0.0  # someone wrote in between: decide again on the object read anew
@@ -273,23 +331,26 @@ class RolloutController:
         for action in decision.actions:
             if isinstance(action, engine.EmitEvent):
                 await self._kube.emit_event(body, action.type, action.reason, action.message)
-        await self._announce_conflicts(body, status, decided)
+        await self._announce_problems(body, status, decided)
+        if failure is not None:
+            # Reported in status (progressDeadline keeps counting); retried with back-off.
+            raise ActionsFailed(failure.message)
         after = None if decision.requeue_after is None else decision.requeue_after.total_seconds()
         if blocked:
             # An unlabelled object in the way is not watched: look again for it to be gone.
             after = min(after or CONFLICT_RETRY_SECONDS, CONFLICT_RETRY_SECONDS)
         return None if after is None else max(0.2, after)
 
-    async def _announce_conflicts(
+    async def _announce_problems(
         self, body: Manifest, before: s.ModelDeploymentStatus, after: s.ModelDeploymentStatus
     ) -> None:
-        """One Warning Event per new set of conflicting objects, not one per reconcile."""
-        def conflict(status: s.ModelDeploymentStatus) -> s.Condition | None:
-            return next((c for c in status.conditions if c.type == engine.CONFLICT_CONDITION), None)
-
-        now, then = conflict(after), conflict(before)
-        if now is not None and now.status == "True" and (then is None or then.message != now.message):
-            await self._kube.emit_event(body, "Warning", "ObjectConflict", now.message)
+        """One Warning Event per new conflict set or failure cause, not one per reconcile."""
+        for kind in (engine.CONFLICT_CONDITION, engine.ACTION_FAILED_CONDITION):
+            now = next((c for c in after.conditions if c.type == kind), None)
+            then = next((c for c in before.conditions if c.type == kind), None)
+            if now is not None and now.status == "True" and (
+                    then is None or then.status != "True" or then.message != now.message):
+                await self._kube.emit_event(body, "Warning", kind, now.message)
 
     async def _report_invalid(
         self,
@@ -303,5 +364,6 @@ class RolloutController:
         old_status = body.get("status") or {}
         if json.dumps(new_status, sort_keys=True) == json.dumps(old_status, sort_keys=True):
             return  # already reported for this generation: no event storm
+        self._require_leadership()
         if await self._kube.write_status(body, new_status):
             await self._kube.emit_event(body, "Warning", "InvalidSpec", "; ".join(errors))

@@ -56,7 +56,13 @@ from modeldeploy.engine.actions import (
     SetTrafficWeight,
     Track,
 )
+from modeldeploy.engine.blocked import (
+    CONFLICT_CONDITION,
+    action_failure_status,
+    conflict_status,
+)
 from modeldeploy.engine.machine import (
+    ACTION_FAILED_CONDITION,
     Decision,
     analysis_request,
     format_time,
@@ -71,12 +77,12 @@ from modeldeploy.engine.observations import (
     ServedSplit,
     Unverified,
 )
-from modeldeploy.engine.ownership import CONFLICT_CONDITION, conflict_status
 from modeldeploy.engine.replicas import ReplicaPlan, Router, effective_weight, plan_replicas
 from modeldeploy.engine.revision import revision_of
 from modeldeploy.engine.steps import Step, steps_of
 
 __all__ = [
+    "ACTION_FAILED_CONDITION",
     "CONFLICT_CONDITION",
     "Action",
     "Decision",
@@ -97,6 +103,7 @@ __all__ = [
     "Step",
     "Track",
     "Unverified",
+    "action_failure_status",
     "analysis_request",
     "conflict_status",
     "effective_weight",

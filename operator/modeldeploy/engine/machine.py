@@ -99,6 +99,7 @@ from modeldeploy.engine.observations import Observation, ServedSplit, Unverified
 from modeldeploy.engine.replicas import Router, effective_weight, plan_replicas
 from modeldeploy.engine.revision import revision_of
 from modeldeploy.engine.steps import Step, format_duration, steps_of
+from modeldeploy.messages import STATUS_MESSAGE_MAX, bounded
 from modeldeploy.spec import (
     Condition,
     ControlRequest,
@@ -117,6 +118,8 @@ REQUEUE_WHILE_WAITING = timedelta(seconds=10)
 MAX_STEP_RECORDS = 100
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "RolledBack")
+# Set by the shell when the API server refuses an action (engine/blocked.py).
+ACTION_FAILED_CONDITION = "ActionFailed"
 WARNING_PHASES = frozenset({Phase.ROLLED_BACK, Phase.DEGRADED, Phase.FAILED})
 HELD_PHASES = frozenset({Phase.ROLLED_BACK, Phase.DEGRADED, Phase.FAILED})
 PHASE_EVENT_REASONS = {
@@ -177,7 +180,7 @@ def set_condition(
         type=type_,
         status=status,
         reason=reason,
-        message=message,
+        message=bounded(message, STATUS_MESSAGE_MAX),
         last_transition_time=since,
         observed_generation=generation,
     )
@@ -520,6 +523,11 @@ class _Tick:
         return self.now - self.since(status.not_ready_since) >= deadline
 
     def deadline_message(self, why: str) -> str:
+        # A write the API server refuses (condition ActionFailed) is often the why itself.
+        failed = next((c for c in self.status.conditions
+                       if c.type == ACTION_FAILED_CONDITION and c.status == "True"), None)
+        if failed is not None:
+            why = f"{why}; {failed.message}"
         return (
             f"revision {self.status.canary_revision} not ready within progressDeadline "
             f"{self.spec.progress_deadline}: {why}"

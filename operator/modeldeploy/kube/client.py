@@ -26,13 +26,17 @@ from kubernetes.client import ApiClient, ApiException
 
 from modeldeploy import spec as s
 from modeldeploy.kube.cache import ClusterCache
+from modeldeploy.messages import EVENT_MESSAGE_MAX, bounded
 
 Manifest = dict[str, Any]
 T = TypeVar("T")
 
 MERGE_PATCH = "application/merge-patch+json"
-# Every call has a deadline (seconds: connect, read).
+# Every call has a deadline: (connect, read) seconds for each socket operation of its
+# thread, and CALL_DEADLINE for the whole call as the tick awaits it, so a server that
+# trickles bytes cannot hold a tick (the thread it holds is abandoned to its socket).
 REQUEST_TIMEOUT = (10, 30)
+CALL_DEADLINE = 60.0
 USER_AGENT = f"modeldeploy-operator/{importlib.metadata.version('modeldeploy')}"
 
 
@@ -91,14 +95,13 @@ def _differs(cached: Manifest, desired: Manifest) -> bool:
 class NotOurs(Exception):
     """An object the operator would write exists and is not controlled by this ModelDeployment."""
 
-    def __init__(self, kind: str, name: str, controller: str) -> None:
+    def __init__(
+        self, kind: str, name: str, controller: str,
+        fix: str = "delete or rename it to let the rollout use the name",
+    ) -> None:
         self.kind, self.name, self.controller = kind, name, controller
-        super().__init__(conflict_message(kind, name, controller))
-
-
-def conflict_message(kind: str, name: str, controller: str) -> str:
-    return (f"{kind} {name} exists and is controlled by {controller}, not by this "
-            f"ModelDeployment: left untouched; delete or rename it to let the rollout use the name")
+        super().__init__(f"{kind} {name} exists and is controlled by {controller}, not by this "
+                         f"ModelDeployment: left untouched; {fix}")
 
 
 def controller_of(obj: Manifest) -> Manifest | None:
@@ -138,7 +141,9 @@ class KubeClient:
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
-            return await asyncio.to_thread(fn, *args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+            return await asyncio.wait_for(
+                asyncio.to_thread(fn, *args, _request_timeout=REQUEST_TIMEOUT, **kwargs), CALL_DEADLINE
+            )
         except ApiException as error:
             if _is_namespace_terminating(error):
                 raise NamespaceTerminating(str(error.body)) from None
@@ -445,7 +450,7 @@ class KubeClient:
             },
             "type": event_type,
             "reason": reason,
-            "message": message[:1024],
+            "message": bounded(message, EVENT_MESSAGE_MAX),
             "source": {"component": "modeldeploy"},
             "reportingComponent": "modeldeploy",
             "reportingInstance": "modeldeploy-operator",

@@ -1,9 +1,18 @@
 """Split traffic with a Gateway API HTTPRoute: exact weights, whatever the pod counts.
 
 The operator owns two Services, ``<name>-stable`` and ``<name>-canary``, each narrowed to
-one revision, and sets them as the backendRefs of every rule of the named HTTPRoute
-(an existing route keeps its parentRefs, hostnames and matches; a missing one is
-created, owned by the ModelDeployment, with no parentRefs for the user to attach).
+one revision, and sets them as backendRefs in every rule of the named HTTPRoute. A
+missing route is created, owned by the ModelDeployment, with no parentRefs for the user
+to attach. A route the user made is steered, not taken over:
+
+- only the backendRefs to those two Services are written; the route's parentRefs,
+  hostnames, matches, filters and any other backendRef stay as the user wrote them. A
+  rule that also sends traffic to another backend (weight above 0) cannot serve the
+  planned split, so the weights are not verified (the rollout waits, and
+  progressDeadline names that backend) until the user removes it or sets its weight to 0;
+- the route is marked ``modeldeploy.io/steered-by: <name>`` when first steered, and a
+  route that another ModelDeployment of the namespace steers is never written: that is
+  reported as a conflict (condition ObjectConflict), as for any object not ours.
 
 What the data plane serves is not what was written: the route's weights count only once
 a Gateway accepted the route as it is now, i.e. a ``status.parents`` entry for one of
@@ -20,10 +29,12 @@ from typing import Any
 from modeldeploy import spec as s
 from modeldeploy.engine.observations import Served, ServedSplit, Unverified
 from modeldeploy.kube import objects
-from modeldeploy.kube.client import KubeClient
+from modeldeploy.kube.client import KubeClient, NotOurs, controlled_by, controller_of
 from modeldeploy.routing import register
 
 ROUTE_GROUP = "gateway.networking.k8s.io"
+# Marks a route the user made as steered by one ModelDeployment (its name).
+STEERED_BY = f"{s.GROUP}/steered-by"
 # A Gateway controller's condition message goes to our status: bounded, one line.
 MAX_REASON_CHARS = 300
 
@@ -42,12 +53,29 @@ def backend_refs(md: s.ModelDeployment, weight: int) -> list[dict[str, Any]]:
     ]
 
 
+def our_services(md_name: str) -> tuple[str, str]:
+    """The two Services the route's backendRefs name: stable first."""
+    return f"{md_name}-stable", f"{md_name}-canary"
+
+
+def is_ours(ref: dict[str, Any], md_name: str) -> bool:
+    return (ref.get("kind") or "Service") == "Service" and not ref.get("group") \
+        and ref.get("name") in our_services(md_name)
+
+
 def route_weights(route: dict[str, Any], md_name: str) -> ServedSplit | Unverified:
     """The canary and stable backendRef weights, the same in every rule (as they are set)."""
     name = route["metadata"]["name"]
     splits: set[tuple[int, int]] = set()
     for rule in (route.get("spec") or {}).get("rules") or []:
-        weights = {ref.get("name"): int(ref.get("weight", 1)) for ref in rule.get("backendRefs") or []}
+        refs = rule.get("backendRefs") or []
+        others = [f"{ref.get('kind') or 'Service'} {ref.get('name')} (weight {ref.get('weight', 1)})"
+                  for ref in refs if not is_ours(ref, md_name) and int(ref.get("weight", 1)) > 0]
+        if others:
+            return Unverified(
+                f"HTTPRoute {name} also sends traffic to {', '.join(others)}, so the canary's "
+                f"share is not what was planned: remove that backendRef or set its weight to 0")
+        weights = {ref.get("name"): int(ref.get("weight", 1)) for ref in refs if is_ours(ref, md_name)}
         splits.add((weights.get(f"{md_name}-canary", 0), weights.get(f"{md_name}-stable", 0)))
     if len(splits) != 1:
         return Unverified(f"HTTPRoute {name}'s rules to send the same weights to "
@@ -164,12 +192,42 @@ class GatewayAPIRouter:
                 }
             )
             return
+        owned = controlled_by(route, md.metadata.uid)
+        annotations = route["metadata"].get("annotations") or {}
+        if not owned:
+            self._check_not_steered_by_another(md, route)
         rules = (route.get("spec") or {}).get("rules") or [{}]
-        if all(_same_refs(rule.get("backendRefs") or [], refs) for rule in rules):
+
+        def ours(rule: dict[str, Any]) -> list[dict[str, Any]]:
+            return [ref for ref in rule.get("backendRefs") or [] if is_ours(ref, name)]
+
+        claimed = owned or annotations.get(STEERED_BY) == name
+        if claimed and all(_same_refs(ours(rule), refs) for rule in rules):
             return  # the route already says so: nothing to write
-        new_rules = [{**rule, "backendRefs": refs} for rule in rules]
+        new_rules = [
+            {**rule, "backendRefs": [*(r for r in rule.get("backendRefs") or [] if not is_ours(r, name)),
+                                     *refs]}
+            for rule in rules
+        ]
         # A merge patch replaces lists whole, which is what we want for rules.
-        await self._kube.patch_http_route(namespace, route_name(md), {"spec": {"rules": new_rules}})
+        patch: dict[str, Any] = {"spec": {"rules": new_rules}}
+        if not claimed:
+            patch["metadata"] = {"annotations": {STEERED_BY: name}}
+        await self._kube.patch_http_route(namespace, route_name(md), patch)
+
+    def _check_not_steered_by_another(self, md: s.ModelDeployment, route: dict[str, Any]) -> None:
+        """NotOurs when another ModelDeployment of the namespace steers the route: two
+        rollouts writing one route's weights would undo each other's every step."""
+        namespace, name = md.metadata.namespace, md.metadata.name
+        steering = (route["metadata"].get("annotations") or {}).get(STEERED_BY)
+        controller = controller_of(route)
+        if controller is not None and controller.get("kind") == s.KIND:
+            steering = str(controller.get("name"))
+        if steering and steering != name \
+                and self._kube.get_model_deployment(namespace, steering) is not None:
+            raise NotOurs(
+                "HTTPRoute", route["metadata"]["name"], f"ModelDeployment {steering}",
+                fix="give this ModelDeployment its own route (gatewayAPI.httpRoute)")
 
     async def served(self, md: s.ModelDeployment, stable: str, canary: str | None) -> Served:
         """The weights of the route when a Gateway accepted it as it is now."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from mdsandbox.sandbox import Sandbox
-from mdsandbox.testing import KubeAPI, wait_until
+from mdsandbox.testing import KubeAPI, service, wait_until
 from operator_process import OperatorProcess
 from scenario import (
     JSON,
@@ -176,3 +176,57 @@ def test_the_sandbox_gateway_reports_a_missing_backend_service(
     missing = wait_until(resolved_refs, timeout=30, what="the route's status")
     assert (missing["status"], missing["reason"]) == ("False", "BackendNotFound")
     assert missing["message"] == f"Service {namespace}/{NAME}-stable not found"
+
+
+def test_a_route_the_user_made_is_steered_not_taken_over(
+    sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess
+) -> None:
+    """Only the two backendRefs the operator adds are written; another backend with a
+    weight holds the step (its share would skew the split) until the user sets it to 0;
+    a second ModelDeployment naming the same route is refused, not obeyed."""
+    user = User(sandbox, namespace)
+    user.apply(gateway(namespace, "gateway"))
+    kube.create(service("legacy", namespace, {"app": "legacy"}))
+    route = user_route(namespace)
+    legacy = {"name": "legacy", "port": 80, "weight": 1}
+    header = {"type": "RequestHeaderModifier",
+              "requestHeaderModifier": {"add": [{"name": "x-team", "value": "ml"}]}}
+    route["spec"]["rules"][0].update(backendRefs=[legacy], filters=[header])
+    user.apply(route)
+    deploy_first(user, kube, manifest(namespace, "v1"))
+    steered = kube.get("HTTPRoute", namespace, ROUTE)
+    assert steered is not None
+    assert steered["metadata"]["annotations"]["modeldeploy.io/steered-by"] == NAME
+    assert steered["spec"]["rules"][0]["filters"] == [header]
+    assert [ref["name"] for ref in steered["spec"]["rules"][0]["backendRefs"]] == [
+        "legacy", f"{NAME}-stable", f"{NAME}-canary"]
+    assert weights(kube, namespace) == {"legacy": 1, **split(100, 0)}
+
+    start_rollout(user, kube, manifest(namespace, "v2"))
+    held = wait_status(kube, namespace, NAME,
+                       lambda s: "also sends traffic to Service legacy (weight 1)" in s.get("message", ""),
+                       "the rollout to wait on the legacy backend's share")
+    assert held["currentStep"] == 0
+    assert weights(kube, namespace) == {"legacy": 1, **split(80, 20)}
+
+    rules = kube.get("HTTPRoute", namespace, ROUTE)["spec"]["rules"]  # type: ignore[index]
+    rules[0]["backendRefs"][0]["weight"] = 0
+    kube.merge_patch("HTTPRoute", namespace, ROUTE, {"spec": {"rules": rules}})
+    at_20 = wait_phase(kube, namespace, NAME, "Paused", step=1)
+    assert at_20["canaryWeight"] == 20
+    assert weights(kube, namespace) == {"legacy": 0, **split(80, 20)}
+
+    other = model_deployment(
+        "gw-other", namespace, template("o1"), replicas=1,
+        strategy={"canary": {"steps": STEPS, "trafficRouting": {"gatewayAPI": {"httpRoute": ROUTE}}}},
+    )
+    user.apply(other)
+    refused = wait_status(
+        kube, namespace, "gw-other",
+        lambda s: any(c["type"] == "ObjectConflict" and c["status"] == "True"
+                      for c in s.get("conditions") or []),
+        "the second ModelDeployment to report the route as not its own",
+    )
+    assert f"HTTPRoute {ROUTE} exists and is controlled by ModelDeployment {NAME}" in next(
+        c["message"] for c in refused["conditions"] if c["type"] == "ObjectConflict")
+    assert weights(kube, namespace) == {"legacy": 0, **split(80, 20)}

@@ -8,6 +8,7 @@ the schema cannot express), reports it in status and an Event, and applies nothi
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,3 +152,40 @@ def test_a_spec_the_schema_refuses_is_rejected_by_the_api_server_and_touches_not
     assert md_status(kube, namespace, NAME)["phase"] == "Succeeded"
     assert running_state(kube, namespace, stable) == before
     assert operator.process is not None and operator.process.poll() is None
+
+
+def test_a_pod_template_the_policy_refuses_is_reported_and_touches_nothing(
+    sandbox: Sandbox, kube: KubeAPI, namespace: str, crds_installed: None, tmp_path: Path
+) -> None:
+    """With the chart's podTemplatePolicy (restricted), a template that would run as
+    another ServiceAccount with the node's filesystem is refused like an invalid spec."""
+    operator = OperatorProcess(Path(sandbox.kubeconfig), tmp_path,
+                               extra_env={"MODELDEPLOY_POD_TEMPLATE_POLICY": "restricted"})
+    operator.start()
+    try:
+        user = User(sandbox, namespace)
+        stable = deploy_first(user, kube, manifest(namespace, "v1"))
+        before = running_state(kube, namespace, stable)
+
+        escaping = manifest(namespace, "v2")
+        pod_spec = escaping["spec"]["template"]["spec"]
+        pod_spec["serviceAccountName"] = "deployer"
+        pod_spec["volumes"] = [{"name": "node", "hostPath": {"path": "/"}}]
+        user.apply(escaping)
+        generation = md_get(kube, namespace, NAME)["metadata"]["generation"]
+        status = wait_status(
+            kube, namespace, NAME, observed(generation), f"generation {generation} to be observed"
+        )
+        ready = condition(status, "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+        for field in ("spec.template.spec.serviceAccountName: ServiceAccount 'deployer' is not allowed",
+                      "spec.template.spec.volumes[0].hostPath: hostPath volumes are not allowed"):
+            assert field in status["message"], status["message"]
+        wait_event(kube, namespace, NAME, "InvalidSpec", "spec.template.spec.volumes[0].hostPath")
+        assert status["stableRevision"] == stable and "canaryRevision" not in status
+        assert running_state(kube, namespace, stable) == before
+        assert [d["metadata"]["name"] for d in kube.list("Deployment", namespace)] == [
+            f"{NAME}-{stable}"
+        ]
+    finally:
+        operator.stop()
