@@ -57,9 +57,9 @@ from rbac_rules import (
     service_account_name,
 )
 
-# One worker runs the whole module (hack/test passes --dist loadgroup): its module fixture
-# plays every chart mode's scenario, about two minutes, and must not run once per worker.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("rbac-scenarios")]
+# One worker runs the whole module (tests/conftest.py, ONE_WORKER_MODULES): its module
+# fixture plays every chart mode's scenario, about two minutes, and must not run once per worker.
+pytestmark = pytest.mark.integration
 
 TOKEN_SECRET = "prometheus-token"
 # HA modes: a short Lease, so the holder renews it (every second) within a short scenario.
