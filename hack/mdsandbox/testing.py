@@ -6,8 +6,9 @@ always polling a condition against a deadline, never a fixed sleep.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -27,6 +28,7 @@ PLURAL_PATHS = {
     "HTTPRoute": "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes",
     "Gateway": "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/gateways",
 }
+FAULTS_PATH = "/mdsandbox/faults"  # the API server's fault injection (apiserver/faults.py)
 
 
 def wait_until(
@@ -89,6 +91,47 @@ class KubeAPI:
         resp = self.http.delete(self.path(kind, namespace, name))
         if resp.status_code != 404:
             resp.raise_for_status()
+
+    # -- fault injection (the rule's fields: hack/mdsandbox/README.md, "Fault injection")
+
+    def inject_fault(self, **rule: Any) -> str:
+        """Set a fault rule, e.g. ``inject_fault(verbs=["patch"], status=409)``; its id.
+
+        A rule the server refuses raises ValueError with the server's reason.
+        """
+        resp = self.http.post(FAULTS_PATH, json=rule)
+        if resp.status_code == 400:
+            raise ValueError(f"fault rule {rule!r} refused: {resp.json()['message']}")
+        resp.raise_for_status()
+        return str(resp.json()["id"])
+
+    def clear_fault(self, fault_id: str) -> None:
+        """Remove one rule; KeyError when there is no such rule."""
+        resp = self.http.delete(f"{FAULTS_PATH}/{fault_id}")
+        if resp.status_code == 404:
+            raise KeyError(f"no fault rule {fault_id!r}")
+        resp.raise_for_status()
+
+    def clear_faults(self) -> None:
+        self.http.delete(FAULTS_PATH).raise_for_status()
+
+    def fault_hits(self, fault_id: str) -> int:
+        """How many requests (or, for dropWatchAfter, streams) the rule has faulted."""
+        resp = self.http.get(f"{FAULTS_PATH}/{fault_id}")
+        if resp.status_code == 404:
+            raise KeyError(f"no fault rule {fault_id!r}")
+        resp.raise_for_status()
+        return int(resp.json()["hits"])
+
+    @contextlib.contextmanager
+    def faults(self, **rule: Any) -> Iterator[str]:
+        """``inject_fault(**rule)`` for the ``with`` block (yields the id), cleared after."""
+        fault_id = self.inject_fault(**rule)
+        try:
+            yield fault_id
+        finally:
+            with contextlib.suppress(KeyError):  # the block may have cleared it already
+                self.clear_fault(fault_id)
 
 
 def deployment(

@@ -9,7 +9,8 @@ local port the sandbox's data plane publishes for that Service. Responses are
 always JSON (protobuf and ``as=Table`` are not offered; clients fall back). There is
 no authentication or authorisation: every request is allowed, and the audit log
 (one JSON line per request) records who asked for what, so the operator's RBAC can be
-checked against what it really does.
+checked against what it really does. ``/mdsandbox/faults`` (outside the Kubernetes
+API) sets fault injection rules; see faults.py.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from aiohttp import web
 from . import openapi, podlogs, protobuf, tables
 from .cluster import APPLY_PATCH, Cluster
 from .errors import APIError, bad_request, method_not_allowed
+from .faults import FAULT_KEY, FaultInjector
 from .resources import ResourceType
 from .selectors import parse_field_selector, parse_label_selector
 from .store import Change, Watcher, translate
@@ -115,12 +117,14 @@ class _Handlers:
         self.cluster = cluster
         self.audit = audit
         self.pod_log_dir = pod_log_dir
+        self.faults = FaultInjector()  # rules set over /mdsandbox/faults (faults.py)
 
     # -- middleware: errors and the audit log ---------------------------------------------
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         request[INFO_KEY] = None
+        request[FAULT_KEY] = None
         try:
             response: web.StreamResponse = await handler(request)
         except APIError as err:
@@ -131,6 +135,9 @@ class _Handlers:
             response = _error(APIError(500, "InternalError",
                                        f"Internal error occurred: {type(exc).__name__}: {exc}",
                                        {}))
+        fault = request[FAULT_KEY]
+        if fault is not None:  # a delay rule answers late (faults.py)
+            response = await self.faults.deliver(request, response, fault)
         if not request.get(AUDITED_KEY):
             self._audit(request, response.status)
         return response
@@ -153,6 +160,9 @@ class _Handlers:
         }
         if info is None:
             record["nonResourceURL"] = request.path
+        fault = request.get(FAULT_KEY)
+        if fault is not None:
+            record["fault"] = fault.id
         self.audit.write(json.dumps(record) + "\n")
         self.audit.flush()
 
@@ -177,6 +187,11 @@ class _Handlers:
         query = dict(request.query)
         info.verb = self._verb(request.method, info, query)
         request[INFO_KEY] = info
+        if self.faults.rules:  # one check when no fault rule is set (faults.py)
+            answer = await self.faults.intercept(request, info, rt.kind,
+                                                 lambda: self._body(request))
+            if answer is not None:
+                return answer
         if info.subresource == "log" and rt.group == "" and rt.plural == "pods" and \
                 request.method == "GET" and info.name:
             info.verb = "get"
@@ -473,7 +488,8 @@ class _Handlers:
             # still queued for this watcher first, or a client resuming from it loses them.
             while not watcher.queue.empty():
                 queued = watcher.queue.get_nowait()
-                if queued is None:
+                if queued is None:  # the stream is to end: leave that to the loop below
+                    watcher.queue.put_nowait(None)
                     return
                 await self._send_change(send, rt, queued, matches)
             await send("BOOKMARK", bookmark())
@@ -483,9 +499,11 @@ class _Handlers:
         initial_events = query.get("sendInitialEvents") in ("true", "1", "True")
         if initial_events:
             since = None
-        if since is not None and since < store.history_floor:
-            expired = APIError(410, "Expired", f"too old resource version: {since} "
-                                               f"({store.history_floor})")
+        floor = store.history_floor
+        if since is not None and self.faults.expires(request):  # injected (faults.py)
+            floor = max(floor, since + 1, store.resource_version)
+        if since is not None and since < floor:
+            expired = APIError(410, "Expired", f"too old resource version: {since} ({floor})")
             body = expired.status()
             body.pop("details", None)
             await send("ERROR", body)
@@ -497,6 +515,7 @@ class _Handlers:
         initial = [] if since is not None else [
             o for o in store.list_objects(rt.store_key, namespace) if matches(o)]
         deadline = time.monotonic() + timeout
+        opened = self.faults.watch_opened(request, info, lambda: watcher.queue.put_nowait(None))
         try:
             for obj in initial:
                 await send("ADDED", self.cluster.view(rt, obj))
@@ -537,6 +556,7 @@ class _Handlers:
             pass  # the client went away
         finally:
             store.unwatch(watcher)
+            self.faults.watch_closed(opened)
         return response
 
     async def _send_change(self, send: Any, rt: ResourceType, change: Change,
@@ -568,6 +588,9 @@ def build_app(cluster: Cluster, audit: IO[str] | None = None,
               pod_log_dir: Path | None = None) -> web.Application:
     handlers = _Handlers(cluster, audit, pod_log_dir)
     app = web.Application(middlewares=[handlers.middleware], client_max_size=64 * 1024 * 1024)
+    # Fault injection's admin API: outside /api and /apis, so no Kubernetes path reaches it.
+    app.router.add_route("*", "/mdsandbox/faults", handlers.faults.admin)
+    app.router.add_route("*", "/mdsandbox/faults/{id}", handlers.faults.admin)
     app.router.add_route("*", "/{tail:.*}", handlers.handle)
 
     async def start_gc(app: web.Application) -> None:
