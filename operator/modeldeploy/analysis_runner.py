@@ -15,6 +15,11 @@ Providers are kept between rounds (their HTTP session and its connections with t
 and built anew only when the provider's settings or the Secrets it reads change, so a
 rotated token takes effect at the next round. A CA bundle from a Secret is written
 once per distinct content, into a directory the runner owns and removes at exit.
+
+The provider's address must be one the operator is allowed to query
+(:class:`~modeldeploy.providers.ProviderAddresses`): the controller refuses a spec naming
+another when it validates it (:meth:`AnalysisRunner.refusals`), and the runner checks
+again before it reads a Secret or builds a provider, so no token is ever sent elsewhere.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import datetime as dt
 import hashlib
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modeldeploy import engine, metrics
@@ -35,7 +40,7 @@ from modeldeploy.analysis.evaluate import INDICATOR_SUFFIX, evaluate
 from modeldeploy.analysis.report import AnalysisReport, AnalysisRequest
 from modeldeploy.kube.client import KubeClient
 from modeldeploy.measurement import Measurement, NoData, QueryResult
-from modeldeploy.providers import MetricProvider, provider_for
+from modeldeploy.providers import MetricProvider, ProviderAddresses, provider_for
 
 # Distinct provider configurations kept at once; the oldest goes first beyond this.
 MAX_PROVIDERS = 64
@@ -43,7 +48,8 @@ MAX_PROVIDERS = 64
 
 @dataclass(frozen=True)
 class _Secrets:
-    bearer_token: str | None = None
+    # Never in a repr (a log line, a traceback's locals): the token is the namespace's.
+    bearer_token: str | None = field(default=None, repr=False)
     ca_bundle_path: str | None = None
 
 
@@ -117,8 +123,14 @@ def judge_round(
 
 
 class AnalysisRunner:
-    def __init__(self, kube: KubeClient, max_concurrent_queries: int = 32) -> None:
+    def __init__(
+        self,
+        kube: KubeClient,
+        max_concurrent_queries: int = 32,
+        addresses: ProviderAddresses | None = None,
+    ) -> None:
         self._kube = kube
+        self._addresses = addresses or ProviderAddresses(None)
         # Many rollouts analysed at once share this bound; each query has its own timeout.
         self._query_slots = asyncio.Semaphore(max_concurrent_queries)
         self._providers: dict[tuple[str, _Secrets], MetricProvider] = {}
@@ -133,6 +145,9 @@ class AnalysisRunner:
         request = engine.analysis_request(md.spec, status, now)
         if request is None or not round_due(md.spec, status, now):
             return None
+        refused = self.refusals(md.spec)
+        if refused:  # the controller refuses such a spec first: never reached, never sent
+            raise ValueError("; ".join(refused))
         gates, indicators = presets.resolve(analysis)
         provider = self._provider(analysis.provider, await self._secrets(md))
         canary, stable = await self._run(md, request, provider, gates, indicators)
@@ -189,11 +204,19 @@ class AnalysisRunner:
             finally:
                 metrics.QUERY_SECONDS.observe(time.perf_counter() - started)
 
+    def refusals(self, spec: s.ModelDeploymentSpec) -> list[str]:
+        """Why the spec's provider may not be queried (``<field>: <problem>`` lines; none: it may)."""
+        if spec.analysis is None:
+            return []
+        return self._addresses.refusals(spec.analysis.provider)
+
     def _provider(self, config: s.Provider, secrets: _Secrets) -> MetricProvider:
         key = (config.model_dump_json(), secrets)
         provider = self._providers.get(key)
         if provider is None:
             if len(self._providers) >= MAX_PROVIDERS:
+                # Not closed here: a round in flight may still use it (its connections
+                # close when it is collected).
                 self._providers.pop(next(iter(self._providers)))
             provider = self._providers[key] = provider_for(config, secrets)
         return provider

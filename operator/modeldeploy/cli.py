@@ -3,6 +3,11 @@
 Reading: ``list``, ``status NAME [--watch]``, ``history NAME``.
 Steering: ``promote NAME [--full]``, ``abort``, ``retry``, ``pause``, ``resume``.
 
+What it prints from the cluster (messages, reasons, Events) goes through
+:func:`modeldeploy.messages.printable`: no control character from a status or an Event
+(an ANSI escape in an error body, say) reaches the terminal. Every request has the
+operator's deadline (``REQUEST_TIMEOUT``: connect, read).
+
 Steering never touches the spec (git owns it; Argo CD would see drift and self-heal
 would undo it). Like ``kubectl argo rollouts``, each control is a request written to
 the resource's status subresource (``status.control``); the operator consumes it on
@@ -25,6 +30,8 @@ from kubernetes.client import ApiException
 
 from modeldeploy import engine
 from modeldeploy import spec as s
+from modeldeploy.kube.client import REQUEST_TIMEOUT
+from modeldeploy.messages import printable
 
 Manifest = dict[str, Any]
 CONTROLS = {
@@ -64,9 +71,10 @@ def _ago(stamp: str | None, now: dt.datetime) -> str:
 
 
 def table(rows: Sequence[Sequence[str]], indent: str = "") -> str:
-    """Left-aligned columns, two spaces apart, like kubectl's."""
+    """Left-aligned columns, two spaces apart, like kubectl's; cells printable, one line each."""
     if not rows:
         return ""
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -97,7 +105,7 @@ def render_status(
         f"Name:       {meta['name']}",
         f"Namespace:  {meta.get('namespace', 'default')}",
         f"Phase:      {status.phase or 'Pending'}",
-        f"Message:    {status.message or '-'}",
+        f"Message:    {printable(status.message or '-')}",
     ]
     try:
         spec = s.ModelDeploymentSpec.model_validate(body.get("spec") or {})
@@ -113,7 +121,7 @@ def render_status(
         lines.append(f"Strategy:   {kind}, {where}")
         for i, step in enumerate(steps):
             marker = "->" if current == i else "  "
-            lines.append(f"  {marker} {i + 1}. {step.describe()}")
+            lines.append(f"  {marker} {i + 1}. {printable(step.describe())}")
     weight = status.canary_weight or 0
     lines += [
         f"Weight:     canary {weight}% / stable {100 - weight}%",
@@ -188,7 +196,7 @@ class Cluster:
     def get(self, namespace: str, name: str) -> Manifest:
         try:
             body: Manifest = self.custom.get_namespaced_custom_object(
-                s.GROUP, s.VERSION, namespace, s.PLURAL, name
+                s.GROUP, s.VERSION, namespace, s.PLURAL, name, _request_timeout=REQUEST_TIMEOUT
             )
         except ApiException as error:
             if error.status == 404:
@@ -198,20 +206,23 @@ class Cluster:
 
     def list_all(self, namespace: str | None) -> list[Manifest]:
         if namespace is None:
-            result = self.custom.list_cluster_custom_object(s.GROUP, s.VERSION, s.PLURAL)
+            result = self.custom.list_cluster_custom_object(
+                s.GROUP, s.VERSION, s.PLURAL, _request_timeout=REQUEST_TIMEOUT)
         else:
-            result = self.custom.list_namespaced_custom_object(s.GROUP, s.VERSION, namespace, s.PLURAL)
+            result = self.custom.list_namespaced_custom_object(
+                s.GROUP, s.VERSION, namespace, s.PLURAL, _request_timeout=REQUEST_TIMEOUT)
         items: list[Manifest] = result.get("items", [])
         return items
 
     def deployments(self, namespace: str, name: str) -> list[Manifest]:
-        result = self.apps.list_namespaced_deployment(namespace, label_selector=f"{s.LABEL_NAME}={name}")
+        result = self.apps.list_namespaced_deployment(
+            namespace, label_selector=f"{s.LABEL_NAME}={name}", _request_timeout=REQUEST_TIMEOUT)
         items: list[Manifest] = [self.apps.api_client.sanitize_for_serialization(d) for d in result.items]
         return items
 
     def events(self, namespace: str, name: str) -> list[Manifest]:
         result = self.core.list_namespaced_event(
-            namespace, field_selector=f"involvedObject.name={name}"
+            namespace, field_selector=f"involvedObject.name={name}", _request_timeout=REQUEST_TIMEOUT
         )
         events = [self.core.api_client.sanitize_for_serialization(e) for e in result.items]
         kept: list[Manifest] = [e for e in events if e.get("involvedObject", {}).get("kind") == s.KIND]
@@ -222,7 +233,8 @@ class Cluster:
         self.get(namespace, name)  # a clear "not found" before writing
         control = {"action": action, "requestedAt": _timestamp(_now()), "requestedBy": getpass.getuser()}
         self.custom.patch_namespaced_custom_object_status(
-            s.GROUP, s.VERSION, namespace, s.PLURAL, name, {"status": {"control": control}}
+            s.GROUP, s.VERSION, namespace, s.PLURAL, name, {"status": {"control": control}},
+            _request_timeout=REQUEST_TIMEOUT,
         )
 
 

@@ -8,6 +8,12 @@ the cluster into the operator; the controller's informers select by label on the
 Why no Kopf timer or daemon: Kopf blocks deletion of a resource with a finalizer while
 a timer or daemon runs for it, and nothing a ModelDeployment owns needs cleaning beyond
 what ownerReferences already garbage-collect. No finalizer is ever added.
+
+Liveness: Kopf's endpoint (``--liveness``, set by the chart) answers with the results of
+the ``@kopf.on.probe`` handlers. :func:`heartbeats` fails while a loop of the operator is
+stuck (``modeldeploy.liveness``): a tick running for 10 minutes, a silent scheduling loop,
+a Lease renewal that stopped finishing. Kopf then answers 500 and the kubelet restarts
+the container; the new process resumes every rollout from its status.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ from modeldeploy import metrics
 from modeldeploy.controller import OperatorConfig, RolloutController
 from modeldeploy.kube.client import load_api_client
 from modeldeploy.kube.lease import LeaderElector
+from modeldeploy.liveness import Heartbeats
+from modeldeploy.providers import ALLOWED_ADDRESSES_ENV
+
+log = logging.getLogger("modeldeploy.handlers")
 
 
 @kopf.on.startup()
@@ -38,17 +48,35 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if config.metrics_port is not None:
         metrics.serve(config.metrics_port)
+    if config.allowed_provider_addresses is None:
+        log.warning("%s is not set: analysis may query (and send tokens to) any provider address",
+                    ALLOWED_ADDRESSES_ENV)
     api_client = load_api_client()
+    heartbeats = Heartbeats()
     memo.elector = None
     if config.leader_election:
         # Several replicas: one Lease decides who acts (see modeldeploy.kube.lease).
         memo.elector = LeaderElector(
-            api_client, config.lease_namespace, config.lease_name, config.identity, config.lease_seconds
+            api_client, config.lease_namespace, config.lease_name, config.identity, config.lease_seconds,
+            heartbeats=heartbeats,
         )
         await memo.elector.start()
     is_leader = (lambda: memo.elector.is_leader) if memo.elector else (lambda: True)
-    memo.controller = RolloutController(api_client, config, is_leader=is_leader)
+    memo.controller = RolloutController(api_client, config, is_leader=is_leader, heartbeats=heartbeats)
     await memo.controller.start()
+    memo.heartbeats = heartbeats  # from here on, the liveness probe checks them
+
+
+@kopf.on.probe(id="heartbeats")
+async def heartbeats(memo: kopf.Memo, **_: Any) -> dict[str, float]:
+    """Seconds since each loop's last heartbeat; fails (Kopf answers 500) when one is overdue."""
+    beats: Heartbeats | None = memo.get("heartbeats")
+    if beats is None:
+        return {}  # still starting: Kopf runs the probes while the startup handler waits
+    overdue = beats.overdue()
+    if overdue:
+        raise kopf.PermanentError("stuck: " + "; ".join(overdue))
+    return beats.silence()
 
 
 @kopf.on.cleanup()

@@ -120,29 +120,34 @@ def test_expiry_is_measured_on_the_candidates_own_clock(
     """
     import datetime as dt
 
+    from lease_clock import FakeClock
     from modeldeploy.kube.lease import LeaderElector
 
-    def elector(identity: str) -> LeaderElector:
-        return LeaderElector(api_client, namespace, "modeldeploy-operator", identity, LEASE_SECONDS)
+    leader_clock = FakeClock()
+    candidate_clock = FakeClock(leader_clock.wall() + dt.timedelta(hours=1))  # an hour ahead
 
-    leader, candidate = elector("replica-a"), elector("replica-b")
-    start = dt.datetime.now(dt.UTC)
-    ahead = start + dt.timedelta(hours=1)  # the candidate's clock
-    second = dt.timedelta(seconds=1)
+    def elector(identity: str, clock: FakeClock) -> LeaderElector:
+        return LeaderElector(api_client, namespace, "modeldeploy-operator", identity, LEASE_SECONDS,
+                             clock=clock)
 
-    assert leader.try_acquire_or_renew(start), "a missing Lease is created by the first replica"
+    leader, candidate = elector("replica-a", leader_clock), elector("replica-b", candidate_clock)
+
+    assert leader.try_acquire_or_renew(), "a missing Lease is created by the first replica"
     assert _holder(kube, namespace) == "replica-a"
-    assert not candidate.try_acquire_or_renew(ahead), "an hour-old renewTime is not a dead leader"
-    assert leader.try_acquire_or_renew(start + second), "the leader renews"
-    assert not candidate.try_acquire_or_renew(ahead + (LEASE_SECONDS + 1) * second), (
-        "a renewal seen since resets the candidate's count"
-    )
-    assert not candidate.try_acquire_or_renew(ahead + (2 * LEASE_SECONDS) * second), (
+    assert not candidate.try_acquire_or_renew(), "an hour-old renewTime is not a dead leader"
+    leader_clock.advance(1)
+    assert leader.try_acquire_or_renew(), "the leader renews"
+    candidate_clock.advance(LEASE_SECONDS + 1)
+    assert not candidate.try_acquire_or_renew(), "a renewal seen since resets the candidate's count"
+    candidate_clock.advance(LEASE_SECONDS - 1)
+    assert not candidate.try_acquire_or_renew(), (
         "not yet a full lease since the candidate saw the renewal"
     )
-    assert candidate.try_acquire_or_renew(ahead + (2 * LEASE_SECONDS + 1) * second), (
+    candidate_clock.advance(1)
+    assert candidate.try_acquire_or_renew(), (
         "the Lease went a full lease without renewal, on the candidate's clock: taken over"
     )
     assert _holder(kube, namespace) == "replica-b"
-    assert not leader.try_acquire_or_renew(start + 2 * second), "the old leader stands down"
+    leader_clock.advance(1)
+    assert not leader.try_acquire_or_renew(), "the old leader stands down"
     assert not leader.is_leader

@@ -63,6 +63,9 @@ spec:
           value: {{ .Values.operator.workers | quote }}
         - name: MODELDEPLOY_QUERY_CONCURRENCY
           value: {{ .Values.operator.queryConcurrency | quote }}
+        # Always set: empty means no provider address at all, never "any address".
+        - name: MODELDEPLOY_ALLOWED_PROVIDER_ADDRESSES
+          value: {{ join "," .Values.analysis.allowedProviderAddresses | quote }}
         {{- if .Values.ha.enabled }}
         # Leader election: the Lease (in POD_NAMESPACE) is held under this pod's name (POD_NAME).
         - name: MODELDEPLOY_LEADER_ELECTION

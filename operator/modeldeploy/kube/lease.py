@@ -15,7 +15,17 @@ Lease, the way client-go's leaderelection does it:
   two leaders. So a replica that starts beside a live leader waits one full lease
   before it may take an abandoned Lease;
 - a leader that fails to renew within ``lease_seconds`` stops acting on its own, before
-  anyone else may take over, so two leaders never act at once.
+  anyone else may take over, so two leaders never act at once;
+- both local views (since when we hold it, since when we saw it unchanged) are kept on
+  the monotonic clock, as client-go does: a wall clock set back cannot keep a replica
+  leader after it stopped renewing, and one set forward cannot let a standby take over
+  early. The wall clock only stamps ``renewTime``/``acquireTime`` for people to read;
+- every attempt has a deadline (two thirds of the lease, client-go's renew deadline,
+  for each request and for the attempt): an API server that stops answering costs a
+  failed attempt, never a hung loop. A new attempt starts only once the previous one
+  has finished, so a request that outlives its deadline holds one thread, not one per
+  period, and the ``leader election`` heartbeat (``modeldeploy.liveness``) stops: the
+  liveness probe fails and the kubelet restarts the replica.
 
 Only the leader ticks ModelDeployments; the others keep watching (cheap) so they can
 take over at once.
@@ -26,16 +36,32 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from typing import Any
+import time
+from typing import Any, Protocol
 
 import kubernetes
 from kubernetes.client import ApiClient, ApiException
 
+from modeldeploy.liveness import Heartbeats
+
 log = logging.getLogger("modeldeploy.lease")
+HEARTBEAT = "leader election"
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+class Clock(Protocol):
+    """The two clocks of an elector: monotonic for its own view, wall for the Lease's stamps."""
+
+    def monotonic(self) -> float: ...
+
+    def wall(self) -> dt.datetime: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
 
 
 def _micro(moment: dt.datetime) -> str:
@@ -44,23 +70,37 @@ def _micro(moment: dt.datetime) -> str:
 
 class LeaderElector:
     def __init__(
-        self, api_client: ApiClient, namespace: str, name: str, identity: str, lease_seconds: int = 15
+        self,
+        api_client: ApiClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        lease_seconds: int = 15,
+        *,
+        clock: Clock | None = None,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         self._api = kubernetes.client.CoordinationV1Api(api_client)
         self.namespace = namespace
         self.name = name
         self.identity = identity
         self.lease_seconds = lease_seconds
-        self._renewed_at: dt.datetime | None = None
-        # The Lease as last read (holder, renewTime, resourceVersion) and when, locally.
-        self._observed: tuple[tuple[Any, ...], dt.datetime] | None = None
+        # client-go's RenewDeadline (10 s of a 15 s lease): each request and each attempt.
+        self.attempt_deadline = lease_seconds * 2 / 3
+        self._clock = clock or SystemClock()
+        self._heartbeats = heartbeats or Heartbeats()
+        # Monotonic: when the attempt that last renewed (or took) the Lease began.
+        self._renewed_at: float | None = None
+        # The Lease as last read (holder, renewTime, resourceVersion), and since when
+        # (monotonic) it has looked like that.
+        self._observed: tuple[tuple[Any, ...], float] | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
     def is_leader(self) -> bool:
-        """True while our last successful renewal is younger than the lease."""
+        """True while our last successful renewal began less than a lease ago (monotonic)."""
         renewed = self._renewed_at
-        return renewed is not None and _now() - renewed < dt.timedelta(seconds=self.lease_seconds)
+        return renewed is not None and self._clock.monotonic() - renewed < self.lease_seconds
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="modeldeploy-leader-election")
@@ -68,26 +108,41 @@ class LeaderElector:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        self._heartbeats.stop(HEARTBEAT)
 
     async def _run(self) -> None:
+        # A loop that finishes an attempt at least every lease is healthy; three leases
+        # without one is a stuck renewal.
+        self._heartbeats.beat(HEARTBEAT, 3 * self.lease_seconds)
+        attempt: asyncio.Future[bool] | None = None
         while True:
-            try:
-                await asyncio.to_thread(self.try_acquire_or_renew)
-            except Exception:  # an API hiccup: keep trying; is_leader lapses on its own
-                log.exception("leader election: could not read or write Lease %s/%s",
-                              self.namespace, self.name)
+            if attempt is None:
+                attempt = asyncio.ensure_future(asyncio.to_thread(self.try_acquire_or_renew))
+            await asyncio.wait({attempt}, timeout=self.attempt_deadline)
+            if attempt.done():
+                error = attempt.exception()
+                if error is not None:  # an API hiccup: keep trying; is_leader lapses on its own
+                    log.error("leader election: could not read or write Lease %s/%s",
+                              self.namespace, self.name, exc_info=error)
+                self._heartbeats.beat(HEARTBEAT, 3 * self.lease_seconds)
+                attempt = None
+            else:
+                log.warning("leader election: no answer about Lease %s/%s within %.1fs",
+                            self.namespace, self.name, self.attempt_deadline)
             await asyncio.sleep(self.lease_seconds / 3)
 
-    def try_acquire_or_renew(self, now: dt.datetime | None = None) -> bool:
-        """One attempt; True when we hold the Lease afterwards (``now``: the local clock)."""
-        now = now or _now()
+    def try_acquire_or_renew(self) -> bool:
+        """One attempt; True when we hold the Lease afterwards."""
+        started = self._clock.monotonic()
+        stamp = _micro(self._clock.wall())
+        timeout = (self.attempt_deadline, self.attempt_deadline)  # (connect, read)
         spec = {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": self.lease_seconds,
-            "renewTime": _micro(now),
+            "renewTime": stamp,
         }
         try:
-            lease = self._api.read_namespaced_lease(self.name, self.namespace)
+            lease = self._api.read_namespaced_lease(self.name, self.namespace, _request_timeout=timeout)
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -95,29 +150,29 @@ class LeaderElector:
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
                 "metadata": {"name": self.name, "namespace": self.namespace},
-                "spec": {**spec, "acquireTime": _micro(now), "leaseTransitions": 0},
+                "spec": {**spec, "acquireTime": stamp, "leaseTransitions": 0},
             }
-            return self._write(lambda: self._api.create_namespaced_lease(self.namespace, body), now)
+            return self._write(lambda: self._api.create_namespaced_lease(
+                self.namespace, body, _request_timeout=timeout), started)
         holder = lease.spec.holder_identity
         record = (holder, lease.spec.renew_time, lease.metadata.resource_version)
         if self._observed is None or self._observed[0] != record:
-            self._observed = (record, now)
+            self._observed = (record, started)
         duration = lease.spec.lease_duration_seconds or self.lease_seconds
-        expired = not holder or now - self._observed[1] >= dt.timedelta(seconds=duration)
+        expired = not holder or started - self._observed[1] >= duration
         if holder != self.identity and not expired:
             self._renewed_at = None
             return False
         body = self._api.api_client.sanitize_for_serialization(lease)
         if holder != self.identity:
             log.info("leader election: taking over Lease %s/%s from %s", self.namespace, self.name, holder)
-            spec["acquireTime"] = _micro(now)
+            spec["acquireTime"] = stamp
             spec["leaseTransitions"] = (lease.spec.lease_transitions or 0) + 1
         body["spec"] = {**body.get("spec", {}), **spec}
-        return self._write(
-            lambda: self._api.replace_namespaced_lease(self.name, self.namespace, body), now
-        )
+        return self._write(lambda: self._api.replace_namespaced_lease(
+            self.name, self.namespace, body, _request_timeout=timeout), started)
 
-    def _write(self, call: Any, now: dt.datetime) -> bool:
+    def _write(self, call: Any, started: float) -> bool:
         try:
             call()
         except ApiException as error:
@@ -125,5 +180,7 @@ class LeaderElector:
                 self._renewed_at = None
                 return False
             raise
-        self._renewed_at = now
+        # Counted from before the read, never from the answer: the local lease ends no
+        # later than the one the others count from when they see our write.
+        self._renewed_at = started
         return True

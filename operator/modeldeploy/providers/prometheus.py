@@ -1,31 +1,48 @@
-"""Prometheus as a metric provider, on prometheus-api-client.
+"""Prometheus as a metric provider: its HTTP API's instant query, on httpx's async client.
 
-- The client is blocking (requests); every query runs in a worker thread so a slow
-  Prometheus never stalls Kopf's event loop.
-- Each query has the spec's timeout; transport errors are retried a bounded number
-  of times (urllib3 Retry inside the client), then reported as a QueryError.
+- One deadline per query: the spec's ``timeout`` bounds the whole query, every try and
+  every byte of it, from connecting to the last byte of the answer. (A blocking client's
+  timeout, such as requests', bounds each socket read only: a server that trickles a byte
+  now and then would hold the query, the tick and a worker thread forever.) The query is
+  a coroutine, so the deadline cancels it and closes its connection: nothing is left
+  running. (prometheus-api-client, used before, is built on requests and cannot do this.)
+- Transport errors (connection refused, reset, DNS) are tried again at once, at most
+  ``RETRIES`` more times, within the same deadline; an answer other than 200 is not
+  (bad PromQL stays bad). Both are reported as a QueryError, never raised.
 - A result is usable only if it is exactly one series with a finite value: no series,
   NaN or ±Inf is NoData (inconclusive); several series is a QueryError telling the
   user to aggregate, since picking one would judge an arbitrary pod.
+- Text from Prometheus (an error body, series labels) reaches status only cut to
+  ``REFLECTED_MAX`` bytes and without control characters (``modeldeploy.messages``).
+- Redirects are not followed: the allow-list of addresses (``ProviderAddresses``)
+  holds for every request the operator sends, and the token goes nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import math
+import ssl
 from typing import Any
 
-import requests
-from prometheus_api_client import PrometheusConnect
-from prometheus_api_client.exceptions import PrometheusApiClientException
-from urllib3.util.retry import Retry
+import httpx
 
 from modeldeploy import spec as s
 from modeldeploy.measurement import Measurement, NoData, QueryError, QueryResult
+from modeldeploy.messages import REFLECTED_MAX, bounded
 from modeldeploy.providers import ProviderSecrets, register
 
 RETRIES = 2
+# Series named in a "several series" error, each cut to this many bytes of labels.
+NAMED_SERIES = 3
+SERIES_LABELS_MAX = 80
+
+
+def reflected(text: str) -> str:
+    """Text that came from Prometheus, as short as status should carry it."""
+    return bounded(text, REFLECTED_MAX)
 
 
 def interpret(result: Any, now: dt.datetime) -> QueryResult:
@@ -33,9 +50,13 @@ def interpret(result: Any, now: dt.datetime) -> QueryResult:
     sample: Any
     if isinstance(result, list) and result and isinstance(result[0], dict):
         if len(result) > 1:
-            labels = ", ".join(str(series.get("metric", {})) for series in result[:3])
+            labels = ", ".join(
+                bounded(json.dumps(series.get("metric", {}), sort_keys=True), SERIES_LABELS_MAX)
+                for series in result[:NAMED_SERIES]
+            )
+            more = ", ..." if len(result) > NAMED_SERIES else ""
             return QueryError(
-                f"query returned {len(result)} series ({labels}{', ...' if len(result) > 3 else ''}); "
+                f"query returned {len(result)} series ({reflected(labels + more)}); "
                 "aggregate it to one, e.g. sum(...) or max(...)",
                 now,
             )
@@ -45,11 +66,11 @@ def interpret(result: Any, now: dt.datetime) -> QueryResult:
     elif isinstance(result, list) and not result:
         return NoData("query returned no series (no traffic yet, or labels that match nothing)", now)
     else:
-        return QueryError(f"unexpected answer from Prometheus: {result!r:.200}", now)
+        return QueryError(f"unexpected answer from Prometheus: {reflected(repr(result))}", now)
     try:
         value = float(sample[1])
     except (TypeError, ValueError, IndexError):
-        return QueryError(f"unexpected sample from Prometheus: {sample!r:.200}", now)
+        return QueryError(f"unexpected sample from Prometheus: {reflected(repr(sample))}", now)
     if math.isnan(value):
         return NoData("value is NaN (e.g. 0/0: no requests in the window)", now)
     if math.isinf(value):
@@ -57,42 +78,68 @@ def interpret(result: Any, now: dt.datetime) -> QueryResult:
     return Measurement(value, now)
 
 
+def refusal(response: httpx.Response) -> str:
+    """Why Prometheus did not answer 200: its ``errorType: error`` when it says, else the body."""
+    try:
+        body = response.json()
+        detail = f"{body['errorType']}: {body['error']}"
+    except (ValueError, KeyError, TypeError):
+        detail = response.text
+    return f"Prometheus refused the query: HTTP {response.status_code}: {reflected(detail)}"
+
+
 class PrometheusProvider:
     def __init__(self, settings: s.PrometheusProvider, secrets: ProviderSecrets) -> None:
-        headers = {"Authorization": f"Bearer {secrets.bearer_token}"} if secrets.bearer_token else None
+        headers = {"Authorization": f"Bearer {secrets.bearer_token}"} if secrets.bearer_token else {}
         self._timeout = s.parse_duration(settings.timeout).total_seconds()
-        session = requests.Session()
-        # The client ignores disable_ssl when it is given a session: verification is the
-        # session's alone (off, a CA bundle from a Secret, or the system's CAs).
+        self._timeout_text = settings.timeout
+        # Verification: off when asked, a CA bundle from a Secret, or the default CAs.
+        verify: bool | ssl.SSLContext = True
         if settings.insecure_skip_verify:
-            session.verify = False
+            verify = False
         elif secrets.ca_bundle_path:
-            session.verify = secrets.ca_bundle_path
-        self._client = PrometheusConnect(
-            url=settings.address,
-            headers=headers,
-            # Retries are ours (bounded, no back-off sleeps in a worker thread).
-            retry=Retry(total=0, connect=0, read=0, status=0),
-            session=session,
+            verify = ssl.create_default_context(cafile=secrets.ca_bundle_path)
+        self.address = settings.address.rstrip("/")
+        self._client = httpx.AsyncClient(
+            headers=headers, verify=verify, follow_redirects=False,
+            # The deadline below is the one that counts; this only keeps httpx's own
+            # default (5 s per operation) from cutting a query that the spec allows.
+            timeout=httpx.Timeout(self._timeout),
         )
-        self.address = settings.address
 
-    def _query(self, promql: str) -> Any:
-        return self._client.custom_query(promql, timeout=self._timeout)
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
     async def query(self, promql: str) -> QueryResult:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._query(promql)
+        except TimeoutError:
+            return QueryError(
+                f"Prometheus at {self.address} did not answer within the provider's timeout "
+                f"({self._timeout_text}, all tries together)",
+                _utcnow(),
+            )
+
+    async def _query(self, promql: str) -> QueryResult:
         last_error = ""
         for _ in range(1 + RETRIES):
             try:
-                result = await asyncio.to_thread(self._query, promql)
-            except PrometheusApiClientException as error:
-                # Prometheus answered with an error (bad PromQL...): retrying won't help.
-                return QueryError(f"Prometheus refused the query: {error}", _utcnow())
-            except Exception as error:  # transport: connection refused, timeout, DNS
+                response = await self._client.get(f"{self.address}/api/v1/query", params={"query": promql})
+            except httpx.TimeoutException:
+                raise TimeoutError from None  # httpx's own timeout: the same deadline, reached
+            except httpx.TransportError as error:  # connection refused, reset, DNS, TLS
                 last_error = f"{type(error).__name__}: {error}"
                 continue
+            if response.status_code != 200:
+                return QueryError(refusal(response), _utcnow())
+            try:
+                result = response.json()["data"]["result"]
+            except (ValueError, KeyError, TypeError):
+                return QueryError(f"unexpected answer from Prometheus: {reflected(response.text)}",
+                                  _utcnow())
             return interpret(result, _utcnow())
-        return QueryError(f"Prometheus at {self.address} unreachable: {last_error:.300}", _utcnow())
+        return QueryError(f"Prometheus at {self.address} unreachable: {reflected(last_error)}", _utcnow())
 
 
 def _utcnow() -> dt.datetime:
