@@ -66,6 +66,10 @@ spec:
         # Always set: empty means no provider address at all, never "any address".
         - name: MODELDEPLOY_ALLOWED_PROVIDER_ADDRESSES
           value: {{ join "," .Values.analysis.allowedProviderAddresses | quote }}
+        - name: MODELDEPLOY_POD_TEMPLATE_POLICY
+          value: {{ .Values.podTemplatePolicy.mode | quote }}
+        - name: MODELDEPLOY_ALLOWED_SERVICE_ACCOUNTS
+          value: {{ join "," .Values.podTemplatePolicy.allowedServiceAccounts | quote }}
         {{- if .Values.ha.enabled }}
         # Leader election: the Lease (in POD_NAMESPACE) is held under this pod's name (POD_NAME).
         - name: MODELDEPLOY_LEADER_ELECTION
