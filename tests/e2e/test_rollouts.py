@@ -88,6 +88,8 @@ def song_analyzer(namespace: str, model: str) -> Body:
                                "value": f"http://$({link}_SERVICE_HOST):$({link}_SERVICE_PORT)/v1"}
     env["LLM_TIMEOUT"] = {"name": "LLM_TIMEOUT", "value": "10"}
     env["OPENAI_API_KEY"] = {"name": "OPENAI_API_KEY", "value": "not-set"}
+    # The example reads API_KEY from a Secret; these scenarios' traffic sends no key.
+    env.pop("API_KEY", None)
     container["env"] = list(env.values())
     spec["strategy"] = {
         "canary": {

@@ -46,7 +46,8 @@ pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 GPU = "nvidia.com/gpu"
 SCALED_DOWN = "1s"  # pauses, bake: every wait the example spells in minutes
-TEXTGEN_KEY = "textgen-test-key"
+# Every example reads its API_KEY from a Secret; the traffic sends it.
+API_KEY = "example-test-key"
 
 # A typical song: 2,300 prompt and 300 answer tokens. The fake upstream answers a score in
 # about 40 tokens, so the rest of the answer's price is made up in prompt tokens (at the
@@ -92,7 +93,7 @@ class Case:
     body: Body
     rate: float
     new_env: dict[str, str]  # what makes the new revision new
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=lambda: {"X-API-Key": API_KEY})
     # Both revisions, for the sandbox's sake: pods share two CPU cores there.
     sandbox_env: dict[str, str] = field(default_factory=dict)
     interval: str = INTERVAL
@@ -112,8 +113,7 @@ CASES = [
     # (on a GPU node it would not): one torch thread per pod, and a 10 s interval, so
     # failureLimit spans that start-up as the example's 30 s interval does in production.
     pytest.param(Case("textgen", "/generate", textgen_request, 3, {"TEXTGEN_MAX_CHARS": "1000"},
-                      headers={"X-API-Key": TEXTGEN_KEY}, sandbox_env={"OMP_NUM_THREADS": "1"},
-                      interval="10s"), id="textgen"),
+                      sandbox_env={"OMP_NUM_THREADS": "1"}, interval="10s"), id="textgen"),
 ]
 
 
@@ -163,7 +163,7 @@ def secrets_for(manifest: JSON, namespace: str) -> Iterator[JSON]:
         for var in container["env"]:
             ref = (var.get("valueFrom") or {}).get("secretKeyRef")
             if ref:
-                value = TEXTGEN_KEY if var["name"] == "API_KEY" else "placeholder"
+                value = API_KEY if var["name"] == "API_KEY" else "placeholder"
                 yield {"apiVersion": "v1", "kind": "Secret",
                        "metadata": {"name": ref["name"], "namespace": namespace},
                        "stringData": {ref["key"]: value}}

@@ -41,6 +41,7 @@ def proxy(fake_upstream_url: str) -> Iterator[Proxy]:
         env = {
             "UPSTREAM_BASE_URL": upstream_url,
             "UPSTREAM_TIMEOUT_S": "1",
+            "METRIC_MODELS": "gpt-4o",
             "OPENAI_API_KEY": "placeholder",
             "HEALTH_CACHE_S": "0",
             "LOG_LEVEL": "WARNING",
@@ -101,6 +102,32 @@ def test_an_inline_image_reaches_the_upstream(proxy: Proxy) -> None:
     assert text_only.usage is not None and with_image.usage is not None
     # The fake upstream bills 85 input tokens per image part it received.
     assert with_image.usage.prompt_tokens - text_only.usage.prompt_tokens == 85
+
+
+def test_a_model_the_proxy_was_not_configured_for_is_forwarded_but_counted_as_other(
+    proxy: Proxy,
+) -> None:
+    # Callers name the model: were it the label, each new name would be a new series.
+    names = [f"caller-model-{n}" for n in range(3)]
+    before = proxy.metrics()
+    for name in names:
+        answer = proxy.sdk().chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.choices[0].message.content == f"[{name}] hi"
+    after = proxy.metrics()
+
+    assert not any(after.has(metric, model=name) for metric in (
+        "model_upstream_requests_total", "model_tokens_total", "model_cost_usd_total")
+        for name in names)  # fmt: skip
+    counted = after.value("model_upstream_requests_total", model="other", outcome="success")
+    assert counted - before.value("model_upstream_requests_total", model="other", outcome="success") == 3
+    assert after.value("model_tokens_total", model="other", direction="input") > before.value(
+        "model_tokens_total", model="other", direction="input"
+    )
+    # The configured models keep their own label.
+    proxy.sdk().chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert proxy.metrics().value("model_upstream_requests_total", model="gpt-4o", outcome="success") > 0
 
 
 def test_the_v1_alias_serves_the_same_api_and_lists_the_upstream_models(proxy: Proxy) -> None:

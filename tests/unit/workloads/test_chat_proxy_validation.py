@@ -1,6 +1,7 @@
 """chat-proxy refuses bad requests with the right 4xx in the OpenAI error shape, and no
-body whatever makes it answer 500. Driven in-process through FastAPI's TestClient; the
-upstream is a closed local port, so nothing valid gets further than a quick 502."""
+body whatever (infinities and huge numbers included) makes it answer 500. Driven in-process
+through FastAPI's TestClient; the upstream is a closed local port, so nothing valid gets
+further than a quick 502."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import pytest
 from chat_proxy.app import ChatProxySettings, build_app
 from chat_proxy.validation import InvalidRequest, parse_chat_request
 from fastapi.testclient import TestClient
+from hazards import edge_strings, encode, json_values
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from modelkit.settings import parse_settings
+from modelkit.testing import parse_metrics
 
 API_KEY = "s3cret"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
@@ -91,6 +94,7 @@ BAD_REQUESTS = [
     pytest.param(
         BadRequest(
             raw=b'{"messages": [{"role": "user", "content": "x"}], "user": "\\ud800"}',
+            param="user",
             says="unpaired UTF-16 surrogate",
         ),
         id="a lone surrogate escape, which cannot be forwarded, is refused",
@@ -179,9 +183,20 @@ BAD_REQUESTS = [
     pytest.param(
         BadRequest(
             raw=b'{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+            param="temperature",
             says="NaN is not valid JSON",
         ),
-        id="a NaN temperature is refused as invalid JSON",
+        id="a NaN temperature is refused as invalid JSON naming it",
+    ),
+    pytest.param(
+        BadRequest(raw=b'{"messages": [{"role": "user", "content": "x"}], "temperature": 1e999}',
+                   param="temperature", says="out of range"),
+        id="an infinite temperature written as 1e999 is refused naming it",
+    ),
+    pytest.param(
+        BadRequest(raw=b'{"messages": [{"role": "user", "content": "x"}], "seed": 1' + b"0" * 5000
+                   + b"}", says="not valid JSON"),
+        id="an integer of 5000 digits is refused as invalid JSON",
     ),
     pytest.param(
         BadRequest(body={**HELLO, "max_tokens": 0}, param="max_tokens", says="greater than 0"),
@@ -303,6 +318,49 @@ BAD_REQUESTS = [
 ]
 
 
+INF = float("inf")
+# Free-form objects the proxy forwards as they are: a number beyond the float range deep
+# inside one reached the SDK's encoder (allow_nan=False) and came back as a 500.
+INFINITE_IN_FREE_FORM_FIELDS = [
+    pytest.param({**HELLO, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "number", "maximum": INF}}}},
+        "response_format.json_schema.schema.maximum", id="in response_format"),
+    pytest.param({**HELLO, "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "properties": {
+            "n": {"type": "number", "minimum": -INF}}}}}]},
+        "tools[0].function.parameters.properties.n.minimum", id="in tools"),
+    pytest.param({**HELLO, "tool_choice": {"type": "function", "function": {"name": "f"},
+                                          "weight": INF}},
+        "tool_choice.weight", id="in tool_choice"),
+    pytest.param({"messages": [
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                              "function": {"name": "f", "arguments": INF}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"}]},
+        "messages[0].tool_calls[0].function.arguments", id="in messages[].tool_calls"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "param"), INFINITE_IN_FREE_FORM_FIELDS)
+def test_a_number_beyond_the_float_range_anywhere_is_the_callers_400_not_a_500(
+    body: dict[str, Any], param: str, open_proxy: TestClient
+) -> None:
+    def rejected() -> float:
+        metrics = parse_metrics(open_proxy.get("/metrics").text)
+        return metrics.value("model_requests_total", outcome="rejected")
+
+    before = rejected()
+    response = open_proxy.post("/api/v1/chat/completions", content=encode(body),
+                               headers={"Content-Type": "application/json"})  # fmt: skip
+    assert b"1e999" in encode(body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+    assert error["message"].startswith(f"{param}: a number is out of range")
+    assert rejected() - before == 1
+    errors = parse_metrics(open_proxy.get("/metrics").text)
+    assert errors.value("model_requests_total", outcome="error") == 0
+
+
 @pytest.mark.parametrize("case", BAD_REQUESTS)
 def test_bad_requests_get_the_right_openai_error(
     case: BadRequest, open_proxy: TestClient, guarded_proxy: TestClient
@@ -351,29 +409,11 @@ def test_defaults_and_pass_through_fields_reach_the_upstream_call() -> None:
 
 # --- no input makes a 500 ----------------------------------------------------------------
 
-# Strings that have broken proxies before: empty, blank, NUL, lone surrogates, astral.
-edge_strings = st.sampled_from(["", " ", "\x00", "\ud800", "a\udfffb", "\U0001f642"])
-json_scalars = (
-    edge_strings
-    | st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    # Any code point, lone surrogates included (JSON can escape them).
-    | st.text(st.characters(exclude_categories=()), max_size=20)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
-    max_leaves=20,
-)
 KEYS = ["model", "messages", "temperature", "top_p", "max_tokens", "n", "stream", "stop", "seed"]
 # Each field is usually plausible and sometimes arbitrary, so examples reach deep checks.
 plausible = {
     "model": st.sampled_from(["gpt-4o-mini", "gpt-4o", ""]),
-    "temperature": st.floats(-1, 3),
+    "temperature": st.floats(-1, 3) | st.floats(allow_nan=False),
     "top_p": st.floats(-0.5, 1.5),
     "max_tokens": st.integers(-2, 5000),
     "n": st.integers(0, 10),
@@ -433,7 +473,11 @@ bodies = near_valid_bodies | json_values | st.dictionaries(st.sampled_from(KEYS)
 @given(body=bodies)
 def test_no_json_body_makes_the_validation_raise_anything_but_a_clear_error(body: Any) -> None:
     try:
-        parse_chat_request(body)
+        decoded = json.loads(encode(body))
+    except ValueError:
+        return  # not even Python reads it (a 5000-digit number): the HTTP test covers it
+    try:
+        parse_chat_request(decoded)
     except InvalidRequest as error:
         assert error.message
 
@@ -445,12 +489,13 @@ def test_no_json_body_makes_the_validation_raise_anything_but_a_clear_error(body
 )
 @given(body=bodies)
 @example(body={"messages": [{"role": "user", "content": "lone \ud800 surrogate"}]})
+@example(body={"messages": [{"role": "user", "content": "x"}], "tools": [{"x": float("inf")}]})
 def test_any_json_body_gets_a_4xx_or_reaches_the_upstream_never_a_500(
     body: Any, open_proxy: TestClient
 ) -> None:
     response = open_proxy.post(
         "/api/v1/chat/completions",
-        content=json.dumps(body).encode(),  # ASCII escapes carry any string, surrogates too
+        content=encode(body),  # infinities as 1e999; ASCII escapes carry lone surrogates
         headers={"Content-Type": "application/json"},
     )
     # 400 for a bad body; a valid one gets as far as the (closed) upstream: 502.

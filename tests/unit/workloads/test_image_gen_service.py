@@ -141,7 +141,7 @@ def test_over_the_concurrency_limit_is_a_429_with_retry_after(
 
         def first_in_flight() -> bool:
             health = httpx.get(service.base_url + "/health", timeout=5).json()
-            return bool(health["checks"]["concurrency"]["detail"].startswith("1 of 1"))
+            return bool(health["checks"]["capacity"]["detail"].startswith("1 of 1 places taken"))
 
         wait_for(first_in_flight, timeout_s=5, what="the first generation to be in flight")
         before = scrape(service.base_url)
@@ -150,7 +150,7 @@ def test_over_the_concurrency_limit_is_a_429_with_retry_after(
         first.join(10)
     assert second.status_code == 429
     assert second.json()["error"]["type"] == "rate_limit_error"
-    assert "IMAGE_MAX_CONCURRENCY" in second.json()["error"]["message"]
+    assert "MAX_CONCURRENT_REQUESTS" in second.json()["error"]["message"]
     assert int(second.headers["Retry-After"]) >= 1
     assert results and results[0].status_code == 200
     after = scrape(service.base_url)
@@ -232,7 +232,9 @@ def test_bad_request_gets_an_openai_shaped_4xx_and_no_upstream_call(
     [
         pytest.param("IMAGE_TIMEOUT_S", "soon", id="a timeout that is not a number"),
         pytest.param("IMAGE_TIMEOUT_S", "-1", id="a negative timeout"),
-        pytest.param("IMAGE_MAX_CONCURRENCY", "0", id="a concurrency limit of zero"),
+        pytest.param("MAX_CONCURRENT_REQUESTS", "0", id="a concurrency limit of zero"),
+        pytest.param("IMAGE_MAX_CONCURRENCY", "0",
+                     id="a concurrency limit of zero under the variable's earlier name"),
         pytest.param("IMAGE_MODEL", "", id="an empty model id"),
     ],
 )

@@ -78,7 +78,7 @@ BAD_REQUESTS = [
         id="an overlong prompt is refused",
     ),
     pytest.param(
-        BadRequest(raw=b'{"prompt": "\\ud800"}', param="prompt", says="unicode string"),
+        BadRequest(raw=b'{"prompt": "\\ud800"}', param="prompt", says="unpaired UTF-16 surrogate"),
         id="a prompt with a lone surrogate escape is refused",
     ),
     pytest.param(

@@ -19,31 +19,47 @@ Health: ``upstream_models`` lists the upstream's models with a short timeout
 the proxy out of rotation or restarting it. The kit's ``upstream`` check adds the
 run of consecutive failed completions.
 
-Request bodies are JSON objects; ``NaN``/``Infinity`` literals are refused (they
-are not JSON and the upstream would choke on them). The openai SDK does not retry
-(``max_retries=0``): a retry would hide the failure from the canary's metrics and
-double the latency seen by the caller.
+Request bodies are JSON objects, decoded strictly by the kit (:mod:`modelkit.jsonbody`):
+``NaN``/``Infinity`` literals, numbers beyond the float range (``1e999``) and lone
+surrogate escapes are refused with a 400 naming the field, wherever they are (free-form
+``response_format``, ``tools``, ``tool_choice`` and ``tool_calls`` included), because the
+upstream call could not encode them: what cannot be forwarded is the caller's fault, never
+a 500. The openai SDK does not retry (``max_retries=0``): a retry would hide the failure
+from the canary's metrics and double the latency seen by the caller; each upstream call
+has an overall deadline of ``UPSTREAM_TIMEOUT_S``.
+
+Exhaustion: at most ``MAX_CONCURRENT_REQUESTS`` (8) requests are served at once and
+``MAX_QUEUED_REQUESTS`` (8) wait; any more get 429 with Retry-After. Bodies are buffered
+whole (images are checked before paying for them), so the memory held by request bodies is
+at most (8 + 8) x ``MAX_REQUEST_BYTES`` (64 MiB) = 1 GiB by default: size the pod, or
+lower these, accordingly. The ``model`` metric label is ``DEFAULT_MODEL`` or one of
+``METRIC_MODELS``; any other model a caller names is forwarded and counted as ``other``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import openai
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from modelkit.app import create_app, metrics_of
-from modelkit.errors import invalid_request, upstream_timeout
+from modelkit.errors import invalid_request
 from modelkit.health import Check, run_checks
+from modelkit.jsonbody import request_json
 from modelkit.settings import ServiceSettings
-from modelkit.upstream import service_error_from_openai
+from modelkit.upstream import (
+    forwardable,
+    service_error_from_openai,
+    upstream_client,
+    upstream_deadline,
+)
 from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from chat_proxy.validation import (
     MAX_IMAGE_BYTES_DEFAULT,
@@ -54,17 +70,22 @@ from chat_proxy.validation import (
 
 SERVICE = "chat-proxy"
 API_HEALTH_PATH = "/api/v1/health"
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-# Extra time the SDK gets to raise its own timeout before the safety net fires.
-_TIMEOUT_GRACE_S = 1.0
 
 
 class ChatProxySettings(ServiceSettings):
     # A few 10 MB images, base64-encoded (4/3 larger), fit under 64 MiB.
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    # Bodies are buffered whole: (8 + 8) x 64 MiB bounds what they can hold in memory.
+    max_concurrent_requests: int = Field(default=8, ge=1)
+    max_queued_requests: int = Field(default=8, ge=0)
     upstream_base_url: str | None = Field(default=None, description="Upstream …/v1 URL.")
     upstream_timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     default_model: str = Field(default="gpt-4o-mini", min_length=1)
+    metric_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated models, besides DEFAULT_MODEL, with their own metric "
+        "label; any other model is counted as `other`.",
+    )
     max_image_bytes: int = Field(default=MAX_IMAGE_BYTES_DEFAULT, ge=1)
     health_cache_s: float = Field(default=10.0, ge=0, allow_inf_nan=False)
     health_upstream_timeout_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)
@@ -73,6 +94,13 @@ class ChatProxySettings(ServiceSettings):
     @classmethod
     def _empty_url_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("metric_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [model.strip() for model in value.split(",") if model.strip()]
+        return value
 
 
 class UpstreamModelsCheck:
@@ -96,9 +124,8 @@ class UpstreamModelsCheck:
 
     async def _probe(self) -> Check:
         try:
-            page = await asyncio.wait_for(
-                self.client.models.list(timeout=self.timeout_s), self.timeout_s + _TIMEOUT_GRACE_S
-            )
+            async with asyncio.timeout(self.timeout_s):
+                page = await self.client.models.list(timeout=self.timeout_s)
         except (TimeoutError, openai.APITimeoutError):
             return Check.degraded(f"upstream did not list its models within {self.timeout_s} s")
         except openai.APIStatusError as error:
@@ -108,37 +135,11 @@ class UpstreamModelsCheck:
         return Check.ok(f"upstream lists {len(page.data)} models")
 
 
-def _decode_json(raw: bytes) -> Any:
-    def refuse_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
-    try:
-        body = json.loads(raw, parse_constant=refuse_constant)
-        if _SURROGATE_ESCAPE.search(raw):
-            # JSON may escape a lone UTF-16 surrogate, which no UTF-8 text (and so no
-            # upstream request) can carry: refuse it here rather than fail when forwarding.
-            json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise invalid_request(
-            "request body contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff); "
-            "send valid Unicode text",
-            code="invalid_json",
-        ) from None
-    except (ValueError, RecursionError) as error:
-        detail = "nested too deeply" if isinstance(error, RecursionError) else str(error)
-        raise invalid_request(
-            f"request body is not valid JSON ({detail}); send a JSON object",
-            code="invalid_json",
-        ) from None
-    return body
-
-
 def build_app(settings: ChatProxySettings) -> FastAPI:
-    client = openai.AsyncOpenAI(
+    client = upstream_client(
         base_url=settings.upstream_base_url,
         api_key=settings.openai_api_key,
-        timeout=settings.upstream_timeout_s,
-        max_retries=0,
+        timeout_s=settings.upstream_timeout_s,
     )
     models_check = UpstreamModelsCheck(client, settings.health_upstream_timeout_s, settings.health_cache_s)
 
@@ -151,6 +152,7 @@ def build_app(settings: ChatProxySettings) -> FastAPI:
         settings,
         service=SERVICE,
         models=[settings.default_model],
+        metric_models=settings.metric_models,
         checks={"upstream_models": models_check},
         uncounted_paths=[API_HEALTH_PATH],
         lifespan=lifespan,
@@ -158,41 +160,31 @@ def build_app(settings: ChatProxySettings) -> FastAPI:
     limits = ValidationLimits(max_image_bytes=settings.max_image_bytes)
 
     async def chat_completions(request: Request) -> JSONResponse:
-        body = _decode_json(await request.body())
         try:
-            chat = parse_chat_request(body, limits)
+            chat = parse_chat_request(await request_json(request), limits)
         except InvalidRequest as error:
             raise invalid_request(error.message, param=error.param) from None
         kwargs = chat.upstream_kwargs(settings.default_model)
         model = kwargs["model"]
         metrics = metrics_of(request)
         timeout_s = settings.upstream_timeout_s
-        with metrics.upstream_call(model):
-            try:
-                completion = await asyncio.wait_for(
-                    client.chat.completions.create(**kwargs, timeout=timeout_s),
-                    timeout_s + _TIMEOUT_GRACE_S,
-                )
-            except TimeoutError:
-                raise upstream_timeout(
-                    f"the model provider did not answer within {timeout_s} s (model {model})"
-                ) from None
-        usage = completion.usage
-        if usage is not None:
-            # Labelled by the requested model (as the upstream call was), not the snapshot
-            # id the upstream may answer with, so the metrics of one request line up.
-            metrics.record_usage(model, usage.prompt_tokens, usage.completion_tokens)
-        return JSONResponse(completion.model_dump(mode="json", exclude_unset=True))
+        async with metrics.upstream_call_within(model, timeout_s):
+            completion = await client.chat.completions.create(**kwargs, timeout=timeout_s)
+            # Passed on as is, so whatever it holds must be encodable (else a 502, not a 500).
+            answer = forwardable(completion.model_dump(mode="json", exclude_unset=True), model=model)
+            usage = completion.usage
+            if usage is not None:
+                # Labelled by the requested model (as the upstream call was), not the snapshot
+                # id the upstream may answer with, so the metrics of one request line up.
+                metrics.record_usage(model, usage.prompt_tokens, usage.completion_tokens)
+        return JSONResponse(answer)
 
     async def list_models() -> JSONResponse:
         # Not counted in model_upstream_requests_total: its model label is for chat models.
         timeout_s = settings.upstream_timeout_s
         try:
-            page = await asyncio.wait_for(client.models.list(timeout=timeout_s), timeout_s + _TIMEOUT_GRACE_S)
-        except TimeoutError:
-            raise upstream_timeout(
-                f"the model provider did not list its models within {timeout_s} s"
-            ) from None
+            async with upstream_deadline(timeout_s, model="(model list)"):
+                page = await client.models.list(timeout=timeout_s)
         except openai.OpenAIError as error:
             raise service_error_from_openai(error, model="(model list)") from error
         return JSONResponse({"object": "list", "data": [m.model_dump(mode="json") for m in page.data]})

@@ -8,20 +8,21 @@ Choices the design leaves open:
   ``size`` (``WxH`` or ``auto``) and the union of known qualities are checked.
 - ``dall-e-*`` models are asked for ``b64_json`` (their URLs expire within the hour);
   ``gpt-image-*`` always answer ``b64_json``. A URL answer is passed through as ``url``.
-- Over ``IMAGE_MAX_CONCURRENCY`` generations in flight, a request is answered at once with
-  429 rate_limit_error and ``Retry-After`` = the mean generation time so far (≥ 1 s). It is
-  counted as ``rejected``: the limit is the service's published capacity, and a slower
-  canary is caught by the latency gate, not by shed load.
-- The SDK's retries are off (``max_retries=0``): IMAGE_TIMEOUT_S is the whole budget.
+- Over ``MAX_CONCURRENT_REQUESTS`` (formerly ``IMAGE_MAX_CONCURRENCY``, still read; 4)
+  requests in flight, with ``MAX_QUEUED_REQUESTS`` (0) waiting, a request is answered at
+  once with 429 rate_limit_error and ``Retry-After`` = the recent mean request time (≥ 1 s),
+  by the kit's limiter. It is counted as ``rejected``: the limit is the service's published
+  capacity, and a slower canary is caught by the latency gate, not by shed load.
+- The SDK's retries are off (``max_retries=0``) and IMAGE_TIMEOUT_S is an overall deadline
+  on the call, answer included: the SDK's own timeout is per read, so a provider trickling
+  its answer would otherwise hold the request for ever.
 - Cost: token-billed models (gpt-image-1) by their ``usage`` and modelkit's price table;
   dall-e models by the per-image price of (quality, size).
 """
 
 from __future__ import annotations
 
-import math
 import re
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -33,9 +34,10 @@ from modelkit import (
     create_app,
     invalid_request,
     metrics_of,
-    rate_limited,
+    upstream_client,
     upstream_error,
 )
+from modelkit.upstream import forwardable
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from image_gen.config import MODEL_OPTIONS, ImageGenSettings
@@ -67,23 +69,6 @@ class SubmitResponse(BaseModel):
     revised_prompt: str | None = None
 
 
-class Generations:
-    """In-flight count and mean duration of generations (for 429s and Retry-After)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
-        self.completed = 0
-        self.total_seconds = 0.0
-
-    def retry_after_s(self, timeout_s: float) -> int:
-        mean = self.total_seconds / self.completed if self.completed else 1.0
-        return max(1, min(math.ceil(mean), math.ceil(timeout_s)))
-
-    def check(self) -> Check:
-        return Check.ok(f"{self.in_flight} of {self.limit} generations in flight")
-
-
 def _validate_options(body: SubmitRequest, model: str) -> tuple[str | None, str | None]:
     options = MODEL_OPTIONS.get(model)
     if options is None:
@@ -109,13 +94,11 @@ def _validate_options(body: SubmitRequest, model: str) -> tuple[str | None, str 
 
 def build_app(settings: ImageGenSettings) -> FastAPI:
     model = settings.image_model
-    client = openai.AsyncOpenAI(
+    client = upstream_client(
         base_url=settings.openai_base_url,
         api_key=settings.openai_api_key,
-        timeout=settings.image_timeout_s,
-        max_retries=0,
+        timeout_s=settings.image_timeout_s,
     )
-    generations = Generations(settings.image_max_concurrency)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -128,7 +111,6 @@ def build_app(settings: ImageGenSettings) -> FastAPI:
         models=[model],
         checks={
             "config": lambda: Check.ok(f"model {model}, timeout {settings.image_timeout_s:g}s"),
-            "concurrency": generations.check,
         },
         lifespan=lifespan,
     )
@@ -136,21 +118,9 @@ def build_app(settings: ImageGenSettings) -> FastAPI:
     @app.post("/submit", response_model_exclude_none=True)
     async def submit(body: SubmitRequest, request: Request) -> SubmitResponse:
         size, quality = _validate_options(body, model)
-        if generations.in_flight >= generations.limit:
-            raise rate_limited(
-                f"{generations.limit} image generations are already in flight "
-                "(IMAGE_MAX_CONCURRENCY); retry after Retry-After seconds",
-                retry_after_s=generations.retry_after_s(settings.image_timeout_s),
-                code="concurrency_limit",
-            )
-        generations.in_flight += 1
-        started = time.monotonic()
-        try:
-            return await _generate(request, client, model, body.prompt, size, quality)
-        finally:
-            generations.in_flight -= 1
-            generations.completed += 1
-            generations.total_seconds += time.monotonic() - started
+        return await _generate(
+            request, client, model, body.prompt, size, quality, settings.image_timeout_s
+        )
 
     return app
 
@@ -162,6 +132,7 @@ async def _generate(
     prompt: str,
     size: str | None,
     quality: str | None,
+    timeout_s: float,
 ) -> SubmitResponse:
     metrics = metrics_of(request)
     options = MODEL_OPTIONS.get(model)
@@ -172,13 +143,15 @@ async def _generate(
         arguments["quality"] = quality
     if model.startswith("dall-e"):
         arguments["response_format"] = "b64_json"
-    with metrics.upstream_call(model):
+    async with metrics.upstream_call_within(model, timeout_s):
         result = await client.images.generate(**arguments)
         if not result.data or not (result.data[0].b64_json or result.data[0].url):
             raise upstream_error(
                 f"the model provider answered no image for model {model}", code="empty_answer"
             )
-    image = result.data[0]
+        image = result.data[0]
+        # The SDK's validation lets a lone surrogate through: it would fail our answer as a 500.
+        forwardable([image.b64_json, image.url, image.revised_prompt], model=model)
     if result.usage is not None:
         metrics.record_usage(model, result.usage.input_tokens, result.usage.output_tokens)
     elif options is not None and options.per_image_usd is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelkit import ServiceSettings
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 
 class ImageGenSettings(ServiceSettings):
@@ -16,9 +16,16 @@ class ImageGenSettings(ServiceSettings):
     image_timeout_s: float = Field(
         default=180.0, gt=0, le=3600, description="Timeout of one images.generate call."
     )
-    image_max_concurrency: int = Field(
-        default=4, ge=1, le=1000, description="Generations in flight before answering 429."
+    # The kit's limiter; IMAGE_MAX_CONCURRENCY, its earlier name, is still read.
+    max_concurrent_requests: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        validation_alias=AliasChoices("max_concurrent_requests", "image_max_concurrency"),
+        description="Generations in flight before answering 429.",
     )
+    # No queue by default: a generation takes minutes, a caller is better told at once.
+    max_queued_requests: int = Field(default=0, ge=0)
     # A 4000-character prompt is at most 16 KB of UTF-8; 64 KiB leaves room for the JSON.
     max_request_bytes: int = Field(default=64 * 1024, ge=1)
 

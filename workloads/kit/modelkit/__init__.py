@@ -14,8 +14,10 @@ from modelkit.errors import (
     upstream_timeout,
 )
 from modelkit.health import Check, HealthCheck
-from modelkit.logs import configure_logging, request_id_var
-from modelkit.metrics import DURATION_BUCKETS, ServiceMetrics, UpstreamHealth
+from modelkit.jsonbody import decode_json, request_json
+from modelkit.limits import ConcurrencyLimiter
+from modelkit.logs import configure_logging, redact, request_id_var
+from modelkit.metrics import DURATION_BUCKETS, OTHER_MODEL, ServiceMetrics, UpstreamHealth
 from modelkit.pricing import TOKEN_PRICES, TokenPrice, cost_usd, price_for
 from modelkit.runner import run, serve
 from modelkit.settings import (
@@ -24,12 +26,21 @@ from modelkit.settings import (
     load_settings,
     parse_settings,
 )
-from modelkit.upstream import service_error_from_openai
+from modelkit.upstream import (
+    UPSTREAM_MESSAGES,
+    service_error_from_openai,
+    upstream_client,
+    upstream_deadline,
+    upstream_message,
+)
 
 __all__ = [
     "DURATION_BUCKETS",
+    "OTHER_MODEL",
     "TOKEN_PRICES",
+    "UPSTREAM_MESSAGES",
     "Check",
+    "ConcurrencyLimiter",
     "ConfigurationError",
     "ErrorType",
     "HealthCheck",
@@ -43,6 +54,7 @@ __all__ = [
     "configure_logging",
     "cost_usd",
     "create_app",
+    "decode_json",
     "error_body",
     "invalid_request",
     "load_settings",
@@ -52,10 +64,15 @@ __all__ = [
     "parse_settings",
     "price_for",
     "rate_limited",
+    "redact",
     "request_id_var",
+    "request_json",
     "run",
     "serve",
     "service_error_from_openai",
+    "upstream_client",
+    "upstream_deadline",
     "upstream_error",
+    "upstream_message",
     "upstream_timeout",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -16,6 +17,30 @@ from typing import Any
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "modelkit_request_id", default=None
 )
+
+
+# What a provider's error text may carry that must not be kept, even in a log: API keys
+# (OpenAI's sk-/sk-proj-/rk- forms, masked or not), bearer tokens, key=value credentials.
+_SECRETS = re.compile(
+    r"(?P<key>\b(?:sk|rk|pk|sess)-[A-Za-z0-9_\-*.]{4,})"
+    r"|(?P<bearer>\b[Bb]earer\s+)[A-Za-z0-9_\-.=+/*]+"
+    r"|(?P<pair>\b(?:api[_-]?key|token|secret|password)\b\s*[:=]\s*)[^\s,;&]+",
+    re.IGNORECASE,
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+REDACTED = "[redacted]"
+
+
+def redact(text: str, *, limit: int = 500) -> str:
+    """``text`` fit for a log line: credentials replaced, control characters folded, capped."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group("key"):
+            return REDACTED
+        return (match.group("bearer") or match.group("pair") or "") + REDACTED
+
+    cleaned = _CONTROL.sub(" ", _SECRETS.sub(replace, text))
+    return cleaned if len(cleaned) <= limit else cleaned[:limit] + "…"
 
 
 class JsonFormatter(logging.Formatter):

@@ -3,14 +3,19 @@
 Each app gets its own ``CollectorRegistry`` so tests can build several apps in one process.
 Requests to /health and /metrics are not counted in ``model_requests_total``: probes and
 scrapes would dilute the error rates the canary analysis reads.
+
+The ``model`` label takes only the models the app declared (``create_app``'s ``models`` and
+``metric_models``); any other model (chat-proxy forwards whatever model a caller names) is
+counted as ``other``, so callers cannot create series without bound. Its tokens are still
+priced by its real id.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import openai
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -18,9 +23,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from modelkit.errors import ServiceError
 from modelkit.health import Check
 from modelkit.pricing import TokenPrice, cost_usd
-from modelkit.upstream import service_error_from_openai, upstream_outcome
+from modelkit.upstream import service_error_from_openai, upstream_deadline, upstream_outcome
 
 log = logging.getLogger("modelkit.metrics")
+
+OTHER_MODEL = "other"
 
 # Model calls take from a fraction of a second (chat) to minutes (image generation).
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -71,6 +78,8 @@ class ServiceMetrics:
         self.prices = prices
         self.upstream_health = UpstreamHealth()
         self._unpriced_models: set[str] = set()
+        # None until the app declares its models: until then every label passes (tests).
+        self._label_models: frozenset[str] | None = None
         r = self.registry
         self.requests = Counter(
             "model_requests_total", "Requests served, by route and outcome.",
@@ -95,6 +104,16 @@ class ServiceMetrics:
         )
         self.info = Gauge("model_info", "What is running (=1).", ["model", "version"], registry=r)
 
+    def allow_model_labels(self, models: Iterable[str]) -> None:
+        """Declare the models that get their own ``model`` label (adds to earlier ones)."""
+        self._label_models = (self._label_models or frozenset()) | frozenset(models)
+
+    def model_label(self, model: str) -> str:
+        """``model`` when declared (or nothing is declared yet), else ``other``."""
+        if self._label_models is None or model in self._label_models:
+            return model
+        return OTHER_MODEL
+
     def set_model_info(self, model: str, version: str) -> None:
         self.info.labels(model=model, version=version).set(1)
 
@@ -103,7 +122,7 @@ class ServiceMetrics:
         self.request_duration.labels(route=route).observe(duration_s)
 
     def record_upstream(self, model: str, outcome: str) -> None:
-        self.upstream_requests.labels(model=model, outcome=outcome).inc()
+        self.upstream_requests.labels(model=self.model_label(model), outcome=outcome).inc()
         self.upstream_health.record(outcome)
 
     def record_cache(self, hit: bool) -> None:
@@ -111,16 +130,19 @@ class ServiceMetrics:
 
     def record_cost(self, model: str, usd: float) -> None:
         if usd > 0:
-            self.cost.labels(model=model).inc(usd)
+            self.cost.labels(model=self.model_label(model)).inc(usd)
 
     def record_usage(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
         """Count tokens and their cost by the price table; returns the cost (None if unpriced)."""
-        self.tokens.labels(model=model, direction="input").inc(max(0, input_tokens))
-        self.tokens.labels(model=model, direction="output").inc(max(0, output_tokens))
+        input_tokens, output_tokens = max(0, input_tokens), max(0, output_tokens)
+        label = self.model_label(model)
+        self.tokens.labels(model=label, direction="input").inc(input_tokens)
+        self.tokens.labels(model=label, direction="output").inc(output_tokens)
         usd = cost_usd(model, input_tokens, output_tokens, self.prices)
         if usd is None:
-            if model not in self._unpriced_models:
-                self._unpriced_models.add(model)
+            # Warned once per label, so caller-chosen model ids cannot grow this set either.
+            if label not in self._unpriced_models:
+                self._unpriced_models.add(label)
                 log.warning(
                     "no price known for model; tokens are counted, cost is not",
                     extra={"fields": {"model": model}},
@@ -152,3 +174,12 @@ class ServiceMetrics:
             raise
         else:
             self.record_upstream(model, "success")
+
+    @asynccontextmanager
+    async def upstream_call_within(self, model: str, timeout_s: float) -> AsyncIterator[None]:
+        """:meth:`upstream_call` with an overall deadline: the whole block, answer included,
+        must finish within ``timeout_s`` (504 timeout after it; see
+        :func:`modelkit.upstream.upstream_deadline`)."""
+        with self.upstream_call(model):
+            async with upstream_deadline(timeout_s, model=model):
+                yield

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -31,6 +31,25 @@ class ServiceSettings(BaseSettings):
     )
     max_request_bytes: int = Field(
         default=1_048_576, ge=1, description="Largest request body accepted (413 above it)."
+    )
+    request_body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Longest wait for a request's whole body (408 after): a trickled body "
+        "must not hold a place in the queue for ever.",
+    )
+    max_concurrent_requests: int = Field(
+        default=0,
+        ge=0,
+        description="Model requests served at once (modelkit.limits); 0 = no limit. The kit's "
+        "default suits apps that are not model services; each model service sets its own.",
+    )
+    max_queued_requests: int = Field(
+        default=0,
+        ge=0,
+        description="Admitted requests that may wait for a slot beyond MAX_CONCURRENT_REQUESTS; "
+        "any more get 429 with Retry-After at once.",
     )
     app_version: str = Field(default="dev", min_length=1, description="model_info's version.")
     openai_api_key: str = Field(
@@ -57,12 +76,24 @@ class ConfigurationError(Exception):
     """Raised by :func:`parse_settings` with one readable line per bad variable."""
 
 
-def describe_validation_error(error: ValidationError) -> str:
+def _variable_names(settings_cls: type[BaseSettings] | None, field: str) -> str:
+    """``FIELD``, or ``FIELD (also read as OLD_NAME)`` for a field with alias choices."""
+    info = settings_cls.model_fields.get(field) if settings_cls is not None else None
+    alias = info.validation_alias if info is not None else None
+    if not isinstance(alias, AliasChoices):
+        return field.upper()
+    others = [str(choice).upper() for choice in alias.choices if str(choice) != field]
+    return f"{field.upper()} (also read as {', '.join(others)})" if others else field.upper()
+
+
+def describe_validation_error(
+    error: ValidationError, settings_cls: type[BaseSettings] | None = None
+) -> str:
     """Render a settings ValidationError as lines naming each environment variable."""
     lines = []
     for item in error.errors():
         loc = item.get("loc") or ("?",)
-        variable = str(loc[0]).upper()
+        variable = _variable_names(settings_cls, str(loc[0]))
         got = item.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{variable}: {item.get('msg', 'invalid value')}{shown}")
@@ -77,7 +108,7 @@ def parse_settings(settings_cls: type[SettingsT], **overrides: Any) -> SettingsT
     try:
         return settings_cls(**overrides)
     except ValidationError as error:
-        raise ConfigurationError(describe_validation_error(error)) from None
+        raise ConfigurationError(describe_validation_error(error, settings_cls)) from None
 
 
 def load_settings(settings_cls: type[SettingsT]) -> SettingsT:

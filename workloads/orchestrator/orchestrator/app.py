@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import openai
 from fastapi import FastAPI
 from modelkit.app import create_app
 from modelkit.health import Check
+from modelkit.upstream import upstream_client
 
 from orchestrator.confidence import ConfidenceStore
 from orchestrator.config import OrchestratorSettings
@@ -31,11 +31,10 @@ STATS_PATH = "/stats"
 
 
 def build_app(settings: OrchestratorSettings) -> FastAPI:
-    client = openai.AsyncOpenAI(
+    client = upstream_client(
         base_url=settings.openai_base_url,
         api_key=settings.openai_api_key,
-        timeout=settings.orch_timeout_s,
-        max_retries=0,
+        timeout_s=settings.orch_timeout_s,
     )
     confidence = ConfidenceStore.open(settings.orch_data_dir, settings.models)
 

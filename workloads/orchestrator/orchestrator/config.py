@@ -15,6 +15,8 @@ Defaults where the design is silent:
   ``ORCH_TIMEOUT_S`` 30 per upstream call, ``MAX_REQUEST_BYTES`` 64 KiB (a prompt,
   not a document store).
 * ``OPENAI_BASE_URL`` unset means the openai SDK's default (api.openai.com).
+* ``MAX_CONCURRENT_REQUESTS`` 32 queries at once (each asks up to every registered
+  model), ``MAX_QUEUED_REQUESTS`` 64 waiting; any more get 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from orchestrator.registry import ConfigError, ModelSpec, parse_models
 
 class OrchestratorSettings(ServiceSettings):
     max_request_bytes: int = Field(default=65_536, ge=1)
+    max_concurrent_requests: int = Field(default=32, ge=1)
+    max_queued_requests: int = Field(default=64, ge=0)
     openai_base_url: str | None = Field(default=None, description="Upstream base URL (…/v1).")
     orch_models: str = Field(
         default="", description="Comma-separated model ids, optionally id=<in>/<out> USD per 1M."

@@ -3,14 +3,17 @@
 Execution (FF_PARALLEL_EXECUTION): on, every selected model is asked at once
 (``asyncio.gather``); off, one after another, and when merging is also off the
 models form a fallback chain: the first accepted answer ends the query, so the
-later models are only paid for when the earlier ones fail. Each call has its own
-timeout (ORCH_TIMEOUT_S), enforced by the openai SDK and, as a safety net for a
-stalled response body, by ``asyncio.wait_for`` a little later; the SDK does not
+later models are only paid for when the earlier ones fail. Each call has an
+overall deadline (ORCH_TIMEOUT_S, the kit's ``upstream_call_within``: the SDK's own
+timeout is per read, so a trickled answer would never time out); the SDK does not
 retry (a retry would hide the failure from the canary's metrics).
 
 A query with no accepted answer is answered 504 ``timeout_error`` when every
-model timed out, 502 ``upstream_error`` otherwise, with each model's failure in
-the message. Only answered queries are cached.
+model timed out, 502 ``upstream_error`` otherwise, naming each model's outcome.
+Only answered queries are cached. A failed model's ``error`` in ``results`` is the
+kit's fixed message for its class of failure, never the provider's own text (which
+can hold secrets and would be cached and served to every later caller); the
+provider's text is in the log, redacted, under the request id.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Annotated, Any
 import openai
 from modelkit.errors import ServiceError, invalid_request, upstream_error, upstream_timeout
 from modelkit.metrics import ServiceMetrics
+from modelkit.upstream import forwardable
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from orchestrator.cache import TTLCache
@@ -44,8 +48,6 @@ from orchestrator.strategy import (
 
 log = logging.getLogger("orchestrator")
 
-# Extra time the SDK gets to raise its own timeout before the safety net fires.
-_TIMEOUT_GRACE_S = 0.5
 _INVALID_ANSWER = "invalid_answer"
 
 
@@ -182,22 +184,19 @@ class Orchestrator:
         answer = ModelAnswer(model=spec.id, outcome="success")
         started = time.perf_counter()
         try:
-            with self.metrics.upstream_call(spec.id):
-                try:
-                    completion = await asyncio.wait_for(
-                        self.client.chat.completions.create(
-                            model=spec.id,
-                            messages=messages,  # type: ignore[arg-type]
-                            timeout=timeout_s,
-                            **options,
-                        ),
-                        timeout_s + _TIMEOUT_GRACE_S,
-                    )
-                except TimeoutError:
-                    raise upstream_timeout(f"model {spec.id} did not answer within {timeout_s} s") from None
+            async with self.metrics.upstream_call_within(spec.id, timeout_s):
+                completion = await self.client.chat.completions.create(
+                    model=spec.id,
+                    messages=messages,  # type: ignore[arg-type]
+                    timeout=timeout_s,
+                    **options,
+                )
                 self._account(spec, completion, answer)
                 choice = completion.choices[0] if completion.choices else None
-                answer.text = choice.message.content if choice is not None else None
+                text = choice.message.content if choice is not None else None
+                # The SDK's validation lets a lone surrogate through; it would fail (or be
+                # cached into) every answer that quotes it.
+                answer.text = forwardable(text, model=spec.id)
                 answer.finish_reason = choice.finish_reason if choice is not None else None
                 reason = rejection_reason(answer.text, answer.finish_reason)
                 if self.settings.ff_validation and reason is not None:
@@ -238,7 +237,7 @@ class Orchestrator:
 
     @staticmethod
     def _no_answer_error(answers: Sequence[ModelAnswer]) -> ServiceError:
-        details = "; ".join(f"{a.model}: {a.outcome} ({a.error})" for a in answers)
+        details = "; ".join(f"{a.model}: {a.outcome}" for a in answers)
         if answers and all(answer.outcome == "timeout" for answer in answers):
             return upstream_timeout(f"no model answered in time: {details}")
         return upstream_error(f"no model gave a usable answer: {details}", code="no_answer")

@@ -10,7 +10,13 @@ Choices the design leaves open:
   ``ft:gpt-4o-mini-...`` is priced as a gpt-4o-mini fine-tune ($0.30 / $1.20 per 1M
   tokens); an ``ft:`` model of another base by that base (see modelkit.pricing).
 - Only good answers are cached. A cache hit makes no upstream call and counts no tokens.
-- The SDK's retries are off (``max_retries=0``): LLM_TIMEOUT is the whole budget.
+- The SDK's retries are off (``max_retries=0``) and LLM_TIMEOUT is an overall deadline
+  on the call, answer included (the SDK's own timeout is per read: a provider trickling
+  its answer would otherwise never time out).
+- The caller never sees the model's words when its answer is unusable: the 502 says which
+  class of problem it was, and the log (redacted, under the request id) says the rest.
+- At most ``MAX_CONCURRENT_REQUESTS`` (32) analyses run at once and ``MAX_QUEUED_REQUESTS``
+  (64) wait; any more get 429 with Retry-After (the kit's limiter).
 """
 
 from __future__ import annotations
@@ -21,9 +27,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-import openai
 from fastapi import FastAPI, Request
-from modelkit import Check, create_app, metrics_of, upstream_error
+from modelkit import (
+    Check,
+    ServiceError,
+    create_app,
+    metrics_of,
+    redact,
+    upstream_client,
+    upstream_error,
+)
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from song_analyzer.cache import LruCache, cache_key
@@ -60,29 +73,42 @@ class AnalyzeResponse(Analysis):
     cached: bool
 
 
+def _invalid_output(model: str, problem: str, detail: str, content: str | None) -> ServiceError:
+    log.warning(
+        "invalid model output",
+        extra={"fields": {"model": model, "problem": redact(detail),
+                          "content": redact(content or "")}},
+    )  # fmt: skip
+    return upstream_error(f"the answer of model {model} {problem}", code="invalid_model_output")
+
+
 def parse_answer(content: str | None, model: str) -> ModelAnswer:
-    """The model's answer as a :class:`ModelAnswer`, or a 502 saying what was wrong."""
+    """The model's answer as a :class:`ModelAnswer`, or a 502 saying what class of problem
+    it had (the details, which quote the model, go to the log only)."""
     if not content:
         raise upstream_error(f"model {model} gave an empty answer", code="invalid_model_output")
     try:
-        return ModelAnswer.model_validate(json.loads(content))
-    except json.JSONDecodeError:
-        problem = "is not JSON"
+        decoded = json.loads(content)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise _invalid_output(model, "is not JSON", str(error), content) from None
+    try:
+        # pydantic refuses a str holding a lone surrogate: no text that cannot be sent on passes.
+        answer = ModelAnswer.model_validate(decoded)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "answer"
+        # The schema's own words (field and rule), never the model's: safe to answer.
         problem = f"does not fit the scoring schema ({where}: {first['msg']})"
-    log.warning("invalid model output", extra={"fields": {"model": model, "content": content[:500]}})
-    raise upstream_error(f"the answer of model {model} {problem}", code="invalid_model_output")
+        raise _invalid_output(model, problem, problem, content) from None
+    return answer
 
 
 def build_app(settings: SongAnalyzerSettings) -> FastAPI:
     model = settings.llm_model
-    client = openai.AsyncOpenAI(
+    client = upstream_client(
         base_url=settings.llm_api_base_url,
         api_key=settings.openai_api_key,
-        timeout=settings.llm_timeout,
-        max_retries=0,
+        timeout_s=settings.llm_timeout,
     )
     cache: LruCache[Analysis] = LruCache(settings.cache_max_entries)
 
@@ -110,7 +136,7 @@ def build_app(settings: SongAnalyzerSettings) -> FastAPI:
         metrics.record_cache(hit is not None)
         if hit is not None:
             return AnalyzeResponse(**hit.model_dump(), cached=True)
-        with metrics.upstream_call(model):
+        async with metrics.upstream_call_within(model, settings.llm_timeout):
             completion = await client.chat.completions.create(
                 model=model,
                 messages=[

@@ -23,3 +23,6 @@ class SongAnalyzerSettings(ServiceSettings):
     )
     # Lyrics are bounded to 20,000 characters (≤ 80 KB of UTF-8) plus artist and title.
     max_request_bytes: int = Field(default=128 * 1024, ge=1)
+    # Each analysis is one upstream call of up to LLM_TIMEOUT; beyond these, 429.
+    max_concurrent_requests: int = Field(default=32, ge=1)
+    max_queued_requests: int = Field(default=64, ge=0)

@@ -14,9 +14,13 @@ Choices the design leaves open, written down here:
   each generation counts once in ``model_upstream_requests_total`` with the model as the
   "provider" (it runs in-process), so the same upstream panels work for every service.
 * Generations run one at a time on a single worker thread: the model is not shared
-  between threads, the event loop stays free for /health and /metrics, and requests
-  queue in arrival order. Work per request is bounded by TEXTGEN_MAX_CHARS, so nothing
-  can hang.
+  between threads and the event loop stays free for /health and /metrics. Requests wait
+  in the kit's queue (``MAX_CONCURRENT_REQUESTS`` 1, ``MAX_QUEUED_REQUESTS`` 8; any more
+  get 429 with Retry-After), in arrival order, so the queue is bounded and a request whose
+  client disconnects while it waits is dropped without running. A generation already
+  running when its client leaves finishes on the worker thread (it cannot be interrupted)
+  but its answer is discarded; work per request is bounded by TEXTGEN_MAX_CHARS, so
+  nothing can hang.
 * Determinism: the same request gives the same text on the same device (and torch
   build). CPU and GPU may differ, since float rounding differs.
 * /health runs no inference per probe: it reports the result of a one-character
@@ -69,6 +73,10 @@ class TextgenSettings(ServiceSettings):
     textgen_weights: Path | None = Field(
         default=None, description="A weights file from `python -m textgen.train`; default: packaged."
     )
+    # One worker thread generates: more at once would only queue there, out of the kit's
+    # sight (where a request whose client left cannot be dropped).
+    max_concurrent_requests: int = Field(default=1, ge=1)
+    max_queued_requests: int = Field(default=8, ge=0)
 
     @field_validator("textgen_device", mode="before")
     @classmethod
@@ -217,6 +225,7 @@ def build_app(settings: TextgenSettings, loaded: LoadedModel | None = None) -> F
         metrics=metrics,
         lifespan=lifespan,
     )
+    app.state.generator = gen
 
     @app.post("/generate", response_model=GenerateResponse)
     async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
