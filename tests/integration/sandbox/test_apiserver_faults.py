@@ -9,7 +9,6 @@ server per module, no operator, no pods.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import textwrap
 import uuid
@@ -21,10 +20,10 @@ from typing import Any
 import httpx
 import kubernetes
 import pytest
-from mdsandbox.apiserver import APIServer, write_kubeconfig
+from mdsandbox.apiserver import APIServer
 from mdsandbox.audit import read_audit
 from mdsandbox.testing import FAULTS_PATH, KubeAPI, deployment, wait_until
-from test_kubectl import KUBECTL, VENV_BIN, kubectl
+from test_kubectl import KUBECTL, kubectl, kubectl_env_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +48,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     home = tmp_path_factory.mktemp("faults-home")
     server = APIServer(host="127.0.0.1", port=0, audit_log=home / "audit.jsonl")
     server.start()
-    write_kubeconfig(home / "kubeconfig", server.url)
-    env = {
-        **os.environ,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "KUBECONFIG": str(home / "kubeconfig"),
-        "HOME": str(home),  # kubectl's discovery cache goes under $HOME/.kube
-    }
+    env = kubectl_env_for(home, server.url)
     kube = KubeAPI(server.url)
     client = kubernetes.config.new_client_from_config(config_file=str(home / "kubeconfig"))
     try:

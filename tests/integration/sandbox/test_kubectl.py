@@ -26,6 +26,17 @@ pytestmark = pytest.mark.integration
 VENV_BIN = Path(sys.executable).parent
 KUBECTL = VENV_BIN / "kubectl"
 
+
+def kubectl_env_for(home: Path, server_url: str) -> dict[str, str]:
+    """The environment for kubectl against ``server_url``, with its kubeconfig in ``home``."""
+    write_kubeconfig(home / "kubeconfig", server_url)
+    return {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "KUBECONFIG": str(home / "kubeconfig"),
+        "HOME": str(home),  # kubectl's discovery cache goes under $HOME/.kube
+    }
+
 DEPLOYMENT = textwrap.dedent("""\
     apiVersion: apps/v1
     kind: Deployment
@@ -89,13 +100,7 @@ def kubectl_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     (home / "pod-logs").mkdir()
     server = APIServer(host="127.0.0.1", port=0, pod_log_dir=home / "pod-logs")
     server.start()
-    write_kubeconfig(home / "kubeconfig", server.url)
-    env = {
-        **os.environ,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "KUBECONFIG": str(home / "kubeconfig"),
-        "HOME": str(home),  # kubectl's discovery cache goes under $HOME/.kube
-    }
+    env = kubectl_env_for(home, server.url)
     try:
         yield env
     finally:

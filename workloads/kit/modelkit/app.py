@@ -243,17 +243,12 @@ class ServiceMiddleware:
         """Run the route; cancel it when the client leaves first (False then)."""
         gone = asyncio.Event()
         watch.add_done_callback(lambda _: gone.set())
-        replayed = False
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
+        async def until_gone() -> Message:
             await gone.wait()
             return {"type": "http.disconnect"}
 
-        serving = asyncio.ensure_future(self.app(scope, replay, send))
+        serving = asyncio.ensure_future(self.app(scope, _replay(body, until_gone), send))
         await asyncio.wait({serving, watch}, return_when=asyncio.FIRST_COMPLETED)
         if serving.done() or response_complete():
             await serving  # re-raises the route's exception, if any
