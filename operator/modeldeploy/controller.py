@@ -13,7 +13,8 @@ One tick for one ModelDeployment (``RolloutController.tick``):
 5. apply the decision's actions (``modeldeploy.actuator``): the kube client writes only
    what differs from the cache, so a resource at rest costs no request at all;
 6. write the new status, only when it changed, in one write guarded by resourceVersion
-   (a conflict re-reads that one object and decides again), then post the events.
+   (a conflict re-reads that one object and decides again, with back-off while
+   conflicts last), then post the events.
 
 Killed between 5 and 6, the next tick sees the old status and the new objects, and the
 engine (idempotent) decides the same thing again: no step is skipped or done twice.
@@ -28,6 +29,7 @@ A bounded number of workers process the queue; one resource is never ticked twic
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime as dt
 import json
 import logging
@@ -39,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes.client import ApiClient
+from kubernetes.client import ApiClient, V1PodTemplateSpec
 from pydantic import ValidationError
 
 from modeldeploy import engine, metrics
@@ -48,6 +50,7 @@ from modeldeploy.actuator import apply_actions
 from modeldeploy.analysis_runner import AnalysisRunner
 from modeldeploy.kube.cache import ClusterCache, cancel_and_wait
 from modeldeploy.kube.client import USER_AGENT, KubeClient, NamespaceTerminating
+from modeldeploy.kube.objects import quantities_as_strings
 from modeldeploy.liveness import Heartbeats
 from modeldeploy.messages import bounded_status
 from modeldeploy.observe import observe_deployments
@@ -60,6 +63,10 @@ log = logging.getLogger("modeldeploy.controller")
 # How often an object of someone else's that blocks a write (and that no watch sees) is
 # tried again: two requests (the refused create, one read) per ModelDeployment per period.
 CONFLICT_RETRY_SECONDS = 15.0
+# A status write that conflicts is decided again with back-off up to this (seconds): the
+# conflicts of a busy object come in bursts, and every watch event in a burst counts a
+# failure, so the queue's cap (minutes) would leave the rollout idle long after it.
+STATUS_CONFLICT_BACKOFF_CAP = 5.0
 # Liveness (modeldeploy.liveness): a tick still running after this long is stuck (every
 # call in it has a deadline), and so is a scheduling loop silent for this long.
 TICK_STUCK_SECONDS = 600.0
@@ -124,6 +131,10 @@ class ActionsFailed(Exception):
     """The API server refused or failed an action; the status says so (ActionFailed)."""
 
 
+class StatusConflict(Exception):
+    """The status write met a conflict (409): the object was read anew, decide again."""
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -159,6 +170,24 @@ def rollback_reason(status: s.ModelDeploymentStatus, outcome: str) -> str:
     if degraded is not None and degraded.reason in ROLLBACK_REASONS:
         return ROLLBACK_REASONS[degraded.reason]
     return "abort" if outcome == "Aborted" else "other"
+
+
+def pod_template_refusals(template: s.PodTemplate) -> list[str]:
+    """``<field>: <problem>`` for what the kubernetes client's typed models refuse in the
+    template (an unknown field, a wrong type): it would refuse every create of the
+    revision's Deployment, so the spec is reported invalid instead of failing each tick."""
+    body = copy.deepcopy(template.model_dump(by_alias=True, exclude_none=True))
+    quantities_as_strings(body["spec"])  # as objects.deployment writes them
+    try:
+        V1PodTemplateSpec.model_validate(body)
+    except ValidationError as error:
+        return [
+            f"{s.field_path(('spec', 'template', *item['loc']))}: "
+            + ("unknown field: a Kubernetes pod template has no such field (check its spelling)"
+               if item["type"] == "extra_forbidden" else item["msg"])
+            for item in error.errors()
+        ]
+    return []
 
 
 def status_dict(status: s.ModelDeploymentStatus) -> Manifest:
@@ -255,6 +284,14 @@ class RolloutController:
             delay = self._queue.failed(key)
             log.warning("%s/%s: %s; retrying in %.1fs", namespace, name, failure, delay)
             return
+        except StatusConflict:
+            # With back-off, as client-go requeues a conflict: a conflict that lasts (a
+            # webhook, a writer that keeps winning) must not become a hot GET+PUT loop. A
+            # user's write that caused it queues the resource at once by its watch event.
+            delay = self._queue.failed(key, cap=STATUS_CONFLICT_BACKOFF_CAP)
+            log.info("%s/%s: status write conflicted; deciding again in %.1fs", namespace, name,
+                     delay)
+            return
         except LeadershipLost:
             # Queued again: a worker drops it while another replica leads, and reconciles
             # it if the Lease came back before the leadership loop saw it go.
@@ -292,9 +329,10 @@ class RolloutController:
             await self._report_invalid(body, status, generation, s.explain(error), now)
             return None  # nothing to retry until the spec changes (a new watch event)
         # The operator's own rules (a metric provider outside the allow-list, a pod
-        # template the podTemplatePolicy refuses) are validated like the spec.
+        # template the podTemplatePolicy or the kubernetes client refuses) are validated
+        # like the spec.
         refused = [*self._config.pod_template_policy.refusals(md.spec.template.spec),
-                   *self._analysis.refusals(md.spec)]
+                   *self._analysis.refusals(md.spec), *pod_template_refusals(md.spec.template)]
         if refused:
             await self._report_invalid(body, status, generation, refused, now)
             return None
@@ -326,7 +364,7 @@ class RolloutController:
             self._require_leadership()
             written = await self._kube.write_status(body, new_status)
             if not written:
-                return 0.0  # someone wrote in between: decide again on the object read anew
+                raise StatusConflict  # someone wrote in between: decide again on the object read anew
         record_outcomes(namespace, name, status, decided)
         for action in decision.actions:
             if isinstance(action, engine.EmitEvent):

@@ -56,6 +56,11 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+# The longest wait the spec may ask for (durations, autoPromotionSeconds). Longer ones
+# are refused rather than overflowing timedelta or datetime arithmetic in the engine.
+MAX_WAIT = timedelta(days=36500)
+
+
 def parse_duration(text: str) -> timedelta:
     """Parse a Go-style duration (``30s``, ``5m``, ``1h30m``, ``250ms``) into a timedelta."""
     if not re.fullmatch(DURATION_PATTERN, text):
@@ -63,6 +68,10 @@ def parse_duration(text: str) -> timedelta:
             f"invalid duration {text!r}: use a number and a unit (ms, s, m, h), e.g. 30s, 5m, 1h30m"
         )
     seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    if seconds > MAX_WAIT.total_seconds():
+        raise ValueError(
+            f"duration {text!r} is too long: at most {MAX_WAIT.days} days (876000h)"
+        )
     return timedelta(seconds=seconds)
 
 
@@ -305,6 +314,16 @@ class BlueGreenStrategy(Model):
     pre_promotion_analysis: AnalysisStep | None = Field(
         None, description="Analysis of the preview before the switch."
     )
+
+    @field_validator("auto_promotion_seconds")
+    @classmethod
+    def _representable(cls, seconds: int | None) -> int | None:
+        if seconds is not None and seconds > MAX_WAIT.total_seconds():
+            raise ValueError(
+                f"autoPromotionSeconds {seconds} is too long: at most "
+                f"{int(MAX_WAIT.total_seconds())} ({MAX_WAIT.days} days)"
+            )
+        return seconds
 
 
 _STRATEGY_KINDS = ["canary", "blueGreen"]

@@ -112,11 +112,12 @@ class WorkQueue(Generic[K]):
     def succeeded(self, key: K) -> None:
         self._failures.pop(key, None)
 
-    def failed(self, key: K) -> float:
-        """Retry ``key`` after its back-off; returns the delay."""
+    def failed(self, key: K, cap: float | None = None) -> float:
+        """Retry ``key`` after its back-off (at most ``cap`` seconds, when given, else the
+        queue's cap); returns the delay."""
         failures = self._failures.get(key, 0)
         self._failures[key] = failures + 1
-        delay = min(self._backoff_cap, self._backoff_base * 2.0**failures)
+        delay = min(self._backoff_cap if cap is None else cap, self._backoff_base * 2.0**failures)
         self.add(key, after=delay)
         return delay
 

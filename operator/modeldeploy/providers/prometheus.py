@@ -13,7 +13,10 @@
   NaN or ±Inf is NoData (inconclusive); several series is a QueryError telling the
   user to aggregate, since picking one would judge an arbitrary pod.
 - Text from Prometheus (an error body, series labels) reaches status only cut to
-  ``REFLECTED_MAX`` bytes and without control characters (``modeldeploy.messages``).
+  ``REFLECTED_MAX`` bytes and without control characters (``modeldeploy.messages``), and
+  never with the bearer token in it: a proxy in front of Prometheus may echo the
+  ``Authorization`` header it refused, and status is read by far more people than the
+  Secret. The token is replaced in the answer's text before anything reads it.
 - Redirects are not followed: the allow-list of addresses (``ProviderAddresses``)
   holds for every request the operator sends, and the token goes nowhere else.
 """
@@ -78,19 +81,20 @@ def interpret(result: Any, now: dt.datetime) -> QueryResult:
     return Measurement(value, now)
 
 
-def refusal(response: httpx.Response) -> str:
+def refusal(status_code: int, text: str) -> str:
     """Why Prometheus did not answer 200: its ``errorType: error`` when it says, else the body."""
     try:
-        body = response.json()
+        body = json.loads(text)
         detail = f"{body['errorType']}: {body['error']}"
     except (ValueError, KeyError, TypeError):
-        detail = response.text
-    return f"Prometheus refused the query: HTTP {response.status_code}: {reflected(detail)}"
+        detail = text
+    return f"Prometheus refused the query: HTTP {status_code}: {reflected(detail)}"
 
 
 class PrometheusProvider:
     def __init__(self, settings: s.PrometheusProvider, secrets: ProviderSecrets) -> None:
-        headers = {"Authorization": f"Bearer {secrets.bearer_token}"} if secrets.bearer_token else {}
+        self._token = secrets.bearer_token
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         self._timeout = s.parse_duration(settings.timeout).total_seconds()
         self._timeout_text = settings.timeout
         # Verification: off when asked, a CA bundle from a Secret, or the default CAs.
@@ -131,13 +135,13 @@ class PrometheusProvider:
             except httpx.TransportError as error:  # connection refused, reset, DNS, TLS
                 last_error = f"{type(error).__name__}: {error}"
                 continue
+            text = response.text.replace(self._token, "[redacted]") if self._token else response.text
             if response.status_code != 200:
-                return QueryError(refusal(response), _utcnow())
+                return QueryError(refusal(response.status_code, text), _utcnow())
             try:
-                result = response.json()["data"]["result"]
+                result = json.loads(text)["data"]["result"]
             except (ValueError, KeyError, TypeError):
-                return QueryError(f"unexpected answer from Prometheus: {reflected(response.text)}",
-                                  _utcnow())
+                return QueryError(f"unexpected answer from Prometheus: {reflected(text)}", _utcnow())
             return interpret(result, _utcnow())
         return QueryError(f"Prometheus at {self.address} unreachable: {reflected(last_error)}", _utcnow())
 

@@ -9,16 +9,23 @@ bakes and small limits.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import os
+import signal
+import subprocess
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import httpx
+from mdsandbox.prometheus import prometheus_binary
 from mdsandbox.sandbox import Sandbox
 from mdsandbox.testing import KubeAPI, wait_until
 from mdsandbox.traffic import Response
-from operator_process import kubectl_apply
+from operator_process import free_port, kubectl_apply
 from operator_process import model_deployment as operator_model_deployment
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,6 +35,8 @@ SONG_V1 = "ft:gpt-4o-mini-2024-07-18:acme:songs:v1"
 SONG_V2 = "ft:gpt-4o-mini-2024-07-18:acme:songs:v2"
 # Steps every scenario uses: half the traffic, then two passing rounds in a row, then all.
 STEPS: list[JSON] = [{"setWeight": 50}, {"analysis": {"measurements": 2}}, {"setWeight": 100}]
+# The gates of the song-analyzer preset (README, "Analysis"): each counts its own rounds.
+SONG_ANALYZER_GATES = ("error-rate", "latency-p95", "cost-per-request")
 
 
 def model_deployment(
@@ -162,6 +171,73 @@ def wait_canary(kube: KubeAPI, namespace: str, name: str, stable: str, timeout: 
     return str(status["canaryRevision"])
 
 
+def wait_first_pass(kube: KubeAPI, namespace: str, name: str, step: int = 1,
+                    timeout: float = 90) -> JSON:
+    """Wait until the analysis step at index ``step`` has measured a passing round."""
+    return wait_status(
+        kube, namespace, name,
+        lambda s: s.get("currentStep") == step and any(
+            m["name"] == "error-rate" and m.get("consecutivePasses", 0) >= 1
+            for m in s.get("analysis") or []),
+        what="the analysis step's first passing round", timeout=timeout,
+    )
+
+
+class StatusTrail:
+    """Every status read while waiting, so a test can check what held all along.
+
+    Wrap a ``wait_status`` predicate: ``wait_status(..., trail.seeing(predicate), ...)``.
+    """
+
+    def __init__(self) -> None:
+        self.statuses: list[JSON] = []
+
+    def seeing(self, predicate: Callable[[JSON], bool]) -> Callable[[JSON], bool]:
+        def check(status: JSON) -> bool:
+            self.statuses.append(status)
+            return predicate(status)
+        return check
+
+    def rounds(self, metric: str) -> list[JSON]:
+        """Each distinct measurement of ``metric`` seen, oldest first (with the step it was
+        seen in as ``step``)."""
+        seen: dict[str, JSON] = {}
+        for status in self.statuses:
+            for measured in status.get("analysis") or []:
+                if measured["name"] == metric and measured["time"] not in seen:
+                    seen[measured["time"]] = {**measured, "step": status.get("currentStep")}
+        return [seen[stamp] for stamp in sorted(seen)]
+
+
+def assert_passes_counted_in_a_row(rounds: list[JSON]) -> None:
+    """Each round of one gate within one step counts one pass more than the round before
+    when it passed, and starts again from 0 when it did not: no round lost or counted
+    twice (``rounds`` as :meth:`StatusTrail.rounds` gives them, all of one step).
+
+    Rounds are ``INTERVAL`` apart at least; two stamps further apart than that may hold a
+    round the poll did not see (a stalled test on a loaded machine), so a pass then counts
+    at least once and at most once per interval in between.
+    """
+    interval = float(INTERVAL.removesuffix("s"))
+    for before, after in pairwise(rounds):
+        passes, earlier = after.get("consecutivePasses", 0), before.get("consecutivePasses", 0)
+        gap = (parse_stamp(after["time"]) - parse_stamp(before["time"])).total_seconds()
+        assert gap >= interval, f"{after['name']} measured {gap:g}s after {before}: before its interval"
+        if after["verdict"] != "Pass":
+            ok = passes == 0
+        elif gap < 2 * interval:
+            ok = passes == earlier + 1
+        else:
+            ok = 1 <= passes <= earlier + int(gap // interval)
+        assert ok, (f"{after['name']} at {after['time']}: {after['verdict']} counted {passes} "
+                    f"passes in a row after {before}")
+
+
+def parse_stamp(text: str) -> dt.datetime:
+    """A time as status writes it (RFC 3339, whole seconds, UTC)."""
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def condition(status: JSON, type_: str) -> JSON:
     return next(c for c in status.get("conditions") or [] if c["type"] == type_)
 
@@ -207,3 +283,67 @@ def operator_metric(port: int, family: str, **labels: str) -> float:
 
 def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
+
+
+class OwnPrometheus:
+    """A second real Prometheus on the sandbox's scrape configuration, stopped at will.
+
+    Stopping the session sandbox's Prometheus would hurt every other test of the worker,
+    so a scenario that takes Prometheus away runs this one (the same file-based discovery
+    of the pods, so it scrapes them the same way) and points only its resource at it.
+    It always listens on the same port, so the resource's provider address stays right
+    across restarts; ``start(fresh_data=True)`` starts it on an empty data directory, as a
+    Prometheus whose volume was lost.
+    """
+
+    def __init__(self, sandbox: Sandbox, workdir: Path) -> None:
+        self.config = Path(sandbox.workdir) / "prometheus" / "prometheus.yml"
+        self.workdir = workdir
+        self.data = workdir / "prometheus-data"
+        self.log = workdir / "prometheus.log"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.data_dirs = 1
+
+    def start(self, fresh_data: bool = False) -> None:
+        binary = prometheus_binary()
+        assert binary is not None
+        if fresh_data:
+            self.data_dirs += 1
+            self.data = self.workdir / f"prometheus-data-{self.data_dirs}"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [binary, f"--config.file={self.config}", f"--storage.tsdb.path={self.data}",
+                 f"--web.listen-address=127.0.0.1:{self.port}"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        wait_until(self._ready, timeout=60, what="our own Prometheus to be ready")
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        assert self.process.poll() is None, self.log.read_text(errors="replace")[-2000:]
+        try:
+            return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM (a clean shutdown), or SIGKILL with ``kill``: the port is free at once."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+    def __enter__(self) -> OwnPrometheus:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
