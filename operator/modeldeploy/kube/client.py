@@ -37,6 +37,10 @@ MERGE_PATCH = "application/merge-patch+json"
 # trickles bytes cannot hold a tick (the thread it holds is abandoned to its socket).
 REQUEST_TIMEOUT = (10, 30)
 CALL_DEADLINE = 60.0
+# A 429 with Retry-After (API Priority and Fairness, a rate limit) was not processed: it is
+# sent again once the wait the server asked for is over, as client-go does (its default of
+# 10 tries), within CALL_DEADLINE; past either it is the caller's failure (back-off).
+THROTTLED_TRIES = 10
 USER_AGENT = f"modeldeploy-operator/{importlib.metadata.version('modeldeploy')}"
 
 
@@ -63,6 +67,17 @@ def without_nulls(value: Any) -> Any:
     if isinstance(value, list):
         return [without_nulls(v) for v in value]
     return value
+
+
+def _retry_after(error: ApiException) -> float | None:
+    """The wait a 429 asks for (its Retry-After seconds), or None when it is not one."""
+    if error.status != 429:
+        return None
+    value = (error.headers or {}).get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: rare from kube-apiserver; the caller's back-off applies
 
 
 class NamespaceTerminating(Exception):
@@ -140,14 +155,23 @@ class KubeClient:
         self._core = kubernetes.client.CoreV1Api(api_client)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(fn, *args, _request_timeout=REQUEST_TIMEOUT, **kwargs), CALL_DEADLINE
-            )
-        except ApiException as error:
-            if _is_namespace_terminating(error):
-                raise NamespaceTerminating(str(error.body)) from None
-            raise
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CALL_DEADLINE
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return await asyncio.wait_for(
+                    asyncio.to_thread(fn, *args, _request_timeout=REQUEST_TIMEOUT, **kwargs),
+                    max(0.0, deadline - loop.time()),
+                )
+            except ApiException as error:
+                if _is_namespace_terminating(error):
+                    raise NamespaceTerminating(str(error.body)) from None
+                wait = _retry_after(error)
+                if wait is None or tries >= THROTTLED_TRIES or loop.time() + wait >= deadline:
+                    raise
+            await asyncio.sleep(wait)
 
     def _remember(self, kind: str, answer: Any) -> None:
         obj = answer if isinstance(answer, dict) else self._api.sanitize_for_serialization(answer)

@@ -89,6 +89,19 @@ def _lists_watches_and_writes_faulted(faulted: list[list[JSON]], requests: list[
     assert sum(verbs[v] for v in WRITES) > 0, f"no write faulted: {verbs}"
 
 
+def _writes_waited_as_asked(faulted: list[list[JSON]], requests: list[JSON]) -> None:
+    """A write answered 429 with Retry-After is sent again only once that wait is over."""
+    _lists_watches_and_writes_faulted(faulted, requests)
+    for throttled in (r for r in faulted[0] if r["verb"] in WRITES):
+        same = [r for r in requests if r["ts"] > throttled["ts"] and all(
+            r[k] == throttled[k] for k in ("verb", "resource", "subresource", "namespace", "name"))]
+        if same:  # a write that became unneeded is not sent again
+            waited = same[0]["ts"] - throttled["ts"]
+            assert waited >= RETRY_AFTER - AUDIT_SLACK, (
+                f"{throttled['verb']} {throttled['requestURI']} sent again {waited:.2f}s after a "
+                f"429 asking for {RETRY_AFTER}s")
+
+
 def _writes_and_reads_slowed(faulted: list[list[JSON]], requests: list[JSON]) -> None:
     writes, reads = faulted[:2]
     assert writes and reads, faulted[:2]
@@ -102,6 +115,10 @@ def _relisted_after_each_gone(faulted: list[list[JSON]], requests: list[JSON]) -
                    and r["ts"] >= gone["ts"] for r in requests), (
             f"no list of {gone['resource']} after its watch was answered 410 Gone")
 
+
+RETRY_AFTER = 1
+# The audit log stamps each request when its answer is written: a little early or late.
+AUDIT_SLACK = 0.05
 
 # A conflict is retried with back-off (0.5 s, doubling), and at once on a watch event: a
 # few dozen writes in 10 s at most; a hot loop re-reads and rewrites many times a second.
@@ -124,9 +141,9 @@ FAULTS = [
     ),
     Fault(
         "429 with Retry-After 1 s on 30% of the operator's requests",
-        lambda ns: [operator_rule(status=429, retryAfter=1, share=0.3, seed=2),
+        lambda ns: [operator_rule(status=429, retryAfter=RETRY_AFTER, share=0.3, seed=2),
                     dropped_watches(OPERATOR)],
-        _lists_watches_and_writes_faulted,
+        _writes_waited_as_asked,
     ),
     Fault(
         "a third of the operator's writes and half its reads answered 2 s late",

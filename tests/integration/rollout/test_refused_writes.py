@@ -34,6 +34,8 @@ pytestmark = pytest.mark.integration
 
 NAME = "refused"
 STEPS: list[JSON] = [{"setWeight": 50}, {"pause": {}}]
+# Long enough for the retried canary to start on a busy machine (it applies after the retry too).
+DEADLINE = "20s"
 WEBHOOK_MESSAGE = ('admission webhook "images.policy.example.com" denied the request: '
                    "image modeldeploy/fake-upstream:v1 is not from registry.example.com")
 
@@ -54,7 +56,7 @@ def test_a_refused_canary_deployment_is_reported_and_aborted_at_the_progress_dea
         verbs=["create"], resources=["deployments"], namespace=namespace,
         userAgent="modeldeploy-operator", status=403, reason="Forbidden", message=WEBHOOK_MESSAGE,
     )
-    canary = start_rollout(user, kube, manifest(namespace, "v2", "8s"))
+    canary = start_rollout(user, kube, manifest(namespace, "v2", DEADLINE))
 
     refused = wait_status(
         kube, namespace, NAME,
@@ -72,7 +74,8 @@ def test_a_refused_canary_deployment_is_reported_and_aborted_at_the_progress_dea
     # The deadline counts while the write is refused, and its message says why.
     degraded = wait_phase(kube, namespace, NAME, "Degraded")
     assert condition(degraded, "Degraded")["reason"] == "ProgressDeadlineExceeded"
-    assert degraded["message"].startswith(f"revision {canary} not ready within progressDeadline 8s")
+    assert degraded["message"].startswith(
+        f"revision {canary} not ready within progressDeadline {DEADLINE}")
     assert WEBHOOK_MESSAGE in degraded["message"], degraded["message"]
     assert kube.fault_hits(refusal) >= 2, "the refused create is retried"
     warnings = [e for e in md_events(kube, namespace, NAME) if e["reason"] == "ActionFailed"]

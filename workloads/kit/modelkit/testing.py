@@ -82,7 +82,7 @@ def running_module(
     module: str,
     env: Mapping[str, str] | None = None,
     *,
-    timeout_s: float = 20.0,
+    timeout_s: float = 60.0,  # a start on a busy two-core machine, under xdist
     health_path: str = "/health",
 ) -> Iterator[ServiceProcess]:
     """Run ``python -m module`` on a free port with ``env`` added; stop it on exit.
