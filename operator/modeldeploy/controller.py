@@ -217,8 +217,9 @@ class RolloutController:
     # -- scheduling ------------------------------------------------------------------
 
     async def start(self) -> None:
-        # Kube writes and Prometheus queries run in threads: enough for every worker and
-        # every query slot, so neither waits on the other's threads.
+        # Kube calls run in threads (the official client is synchronous; Prometheus queries
+        # are async httpx now). The query slots are kept as spare threads: a call abandoned
+        # at its deadline holds its thread until its socket gives up.
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(self._config.workers + self._config.query_concurrency,
                                thread_name_prefix="modeldeploy-io")
