@@ -32,14 +32,20 @@ def log_path(pod_log_dir: Path, pod: dict[str, Any], container: str | None) -> P
     return pod_log_dir / f"{meta.get('namespace', '')}_{meta['name']}_{name}.log"
 
 
-def read_tail(path: Path, tail_lines: int | None, limit_bytes: int | None) -> bytes:
-    data = path.read_bytes() if path.exists() else b""
+def read_tail(path: Path, tail_lines: int | None, limit_bytes: int | None) -> tuple[bytes, int]:
+    """The part of the log to send first, and the file's size when it was read.
+
+    Following goes on from that size, not from a later ``stat``: a line written while
+    the first part is on its way would otherwise be skipped.
+    """
+    whole = path.read_bytes() if path.exists() else b""
+    data = whole
     if tail_lines is not None:
         lines = data.splitlines(keepends=True)
         data = b"".join(lines[-tail_lines:]) if tail_lines > 0 else b""
     if limit_bytes is not None:
         data = data[:limit_bytes]
-    return data
+    return data, len(whole)
 
 
 def _int(query: dict[str, str], key: str) -> int | None:
@@ -59,14 +65,13 @@ async def serve(request: web.Request, pod_log_dir: Path | None, pod: dict[str, A
                                           "it cannot serve logs: read the kubelet's log files")
     query = dict(request.query)
     path = log_path(pod_log_dir, pod, query.get("container"))
-    data = read_tail(path, _int(query, "tailLines"), _int(query, "limitBytes"))
+    data, offset = read_tail(path, _int(query, "tailLines"), _int(query, "limitBytes"))
     if query.get("follow") not in ("true", "1"):
         return web.Response(body=data, content_type="text/plain")
     response = web.StreamResponse(headers={"Content-Type": "text/plain"})
     response.enable_chunked_encoding()
     await response.prepare(request)
     await response.write(data)
-    offset = path.stat().st_size if path.exists() else 0
     try:
         while still_exists():
             transport = request.transport
