@@ -81,6 +81,8 @@ _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 
 FOREGROUND = "foregroundDeletion"
+# The last second RFC 3339 (and Python's datetime) can write: 9999-12-31T23:59:59Z.
+LATEST_TIMESTAMP = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
@@ -685,8 +687,11 @@ class Cluster:
         if rt.group == "" and rt.plural == "pods" and self._graceful(current, options):
             obj = copy.deepcopy(current)
             grace = self._grace_seconds(current, options)
+            # A grace period past year 9999 (int64 seconds allow it) is stamped 9999-12-31:
+            # the pod still waits for the kubelet, which stops it within its own cap.
+            until = min(datetime.now(UTC).timestamp() + grace, LATEST_TIMESTAMP)
             obj["metadata"]["deletionTimestamp"] = datetime.fromtimestamp(
-                datetime.now(UTC).timestamp() + grace, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                until, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             obj["metadata"]["deletionGracePeriodSeconds"] = grace
             obj["metadata"]["resourceVersion"] = str(self.store.next_version())
             self.store.put(rt.store_key, obj, "MODIFIED", current)

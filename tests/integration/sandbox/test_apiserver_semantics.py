@@ -644,6 +644,23 @@ def test_a_running_pod_is_deleted_gracefully_then_for_good_by_its_kubelet(
     assert client.get(f"{pods}/running").status_code == 404
 
 
+def test_a_grace_period_past_year_9999_is_stamped_at_the_last_representable_second(
+    client: httpx.Client, ns: str,
+) -> None:
+    """terminationGracePeriodSeconds is an int64: a template may ask for 10^15 seconds.
+    Deleting such a pod must still answer (a 500 here once held the garbage collector
+    and every namespace deletion after it)."""
+    pods = f"/api/v1/namespaces/{ns}/pods"
+    body = _pod("patient")
+    body["spec"]["terminationGracePeriodSeconds"] = 10**15
+    client.post(pods, json=body)
+    client.patch(f"{pods}/patient/status", json={"status": {"phase": "Running"}}, headers=MERGE)
+    answer = client.delete(f"{pods}/patient")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["metadata"]["deletionTimestamp"] == "9999-12-31T23:59:59Z"
+    assert answer.json()["metadata"]["deletionGracePeriodSeconds"] == 10**15
+
+
 def test_a_pod_no_kubelet_has_started_is_deleted_at_once(client: httpx.Client, ns: str) -> None:
     pods = f"/api/v1/namespaces/{ns}/pods"
     client.post(pods, json=_pod("pending"))

@@ -252,6 +252,6 @@ def test_health_is_degraded_not_unhealthy_when_the_upstream_is_unreachable() -> 
 def test_a_bad_setting_stops_the_proxy_at_start_naming_the_variable() -> None:
     with (
         pytest.raises(RuntimeError, match="UPSTREAM_TIMEOUT_S"),
-        running_module("chat_proxy", {"UPSTREAM_TIMEOUT_S": "soon"}, timeout_s=10),
+        running_module("chat_proxy", {"UPSTREAM_TIMEOUT_S": "soon"}),
     ):
         pass

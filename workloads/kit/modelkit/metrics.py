@@ -17,13 +17,17 @@ import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
-import openai
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from modelkit.errors import ServiceError
 from modelkit.health import Check
 from modelkit.pricing import TokenPrice, cost_usd
-from modelkit.upstream import service_error_from_openai, upstream_deadline, upstream_outcome
+from modelkit.upstream import (
+    as_openai_error,
+    service_error_from_openai,
+    upstream_deadline,
+    upstream_outcome,
+)
 
 log = logging.getLogger("modelkit.metrics")
 
@@ -165,13 +169,14 @@ class ServiceMetrics:
         except ServiceError as error:
             self.record_upstream(model, upstream_outcome(error))
             raise
-        except openai.OpenAIError as error:
-            mapped = service_error_from_openai(error, model=model)
+        except Exception as error:
+            sdk_error = as_openai_error(error)
+            if sdk_error is None:
+                self.record_upstream(model, "error")
+                raise
+            mapped = service_error_from_openai(sdk_error, model=model)
             self.record_upstream(model, upstream_outcome(mapped))
             raise mapped from error
-        except Exception:
-            self.record_upstream(model, "error")
-            raise
         else:
             self.record_upstream(model, "success")
 

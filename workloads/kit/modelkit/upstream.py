@@ -37,15 +37,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypeVar
-
-import openai
+from typing import TYPE_CHECKING, TypeVar
 
 from modelkit.errors import ServiceError, rate_limited, upstream_error, upstream_timeout
 from modelkit.jsonbody import find_unforwardable, shown_path
 from modelkit.logs import redact
+
+if TYPE_CHECKING:
+    import openai
 
 AnswerT = TypeVar("AnswerT")
 
@@ -78,6 +80,9 @@ def upstream_message(failure: str, model: str) -> str:
 
 def upstream_client(*, base_url: str | None, api_key: str, timeout_s: float) -> openai.AsyncOpenAI:
     """The openai client of a service: no retries, strict response validation (see above)."""
+    import openai  # here, not at the top: a service with no provider (fake-upstream, a
+    # pod started in the sandbox) should not pay the SDK's second of import time
+
     return openai.AsyncOpenAI(
         base_url=base_url,
         api_key=api_key,
@@ -140,6 +145,8 @@ def _provider_text(error: openai.OpenAIError) -> str:
 
 
 def _log_failure(error: openai.OpenAIError, model: str, mapped: ServiceError) -> None:
+    import openai  # loaded already: ``error`` is one of its exceptions
+
     response = getattr(error, "response", None)
     fields: dict[str, object] = {
         "model": model,
@@ -154,6 +161,13 @@ def _log_failure(error: openai.OpenAIError, model: str, mapped: ServiceError) ->
     log.warning("upstream call failed", extra={"fields": fields})
 
 
+def as_openai_error(error: BaseException) -> openai.OpenAIError | None:
+    """``error`` when it is the openai SDK's, else None (without importing the SDK: no
+    SDK error can exist where it was never imported)."""
+    sdk = sys.modules.get("openai")
+    return error if sdk is not None and isinstance(error, sdk.OpenAIError) else None
+
+
 def service_error_from_openai(error: openai.OpenAIError, *, model: str) -> ServiceError:
     """The OpenAI-shaped error to answer for a failed upstream call to ``model``.
 
@@ -165,6 +179,8 @@ def service_error_from_openai(error: openai.OpenAIError, *, model: str) -> Servi
 
 
 def _map(error: openai.OpenAIError, model: str) -> ServiceError:
+    import openai  # loaded already: ``error`` is one of its exceptions
+
     if isinstance(error, openai.APITimeoutError):
         return upstream_timeout(upstream_message("timeout", model))
     if isinstance(error, openai.RateLimitError):
