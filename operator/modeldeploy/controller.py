@@ -49,7 +49,7 @@ from modeldeploy import spec as s
 from modeldeploy.actuator import apply_actions
 from modeldeploy.analysis_runner import AnalysisRunner
 from modeldeploy.kube.cache import ClusterCache, cancel_and_wait
-from modeldeploy.kube.client import USER_AGENT, KubeClient, NamespaceTerminating
+from modeldeploy.kube.client import CALL_DEADLINE, USER_AGENT, KubeClient, NamespaceTerminating
 from modeldeploy.kube.objects import quantities_as_strings
 from modeldeploy.liveness import Heartbeats
 from modeldeploy.messages import bounded_status
@@ -85,6 +85,9 @@ class OperatorConfig:
     workers: int = 16
     query_concurrency: int = 32
     watch_server_timeout: int = 300
+    # The longest one Kubernetes API call may take, tries after a 429 included
+    # (MODELDEPLOY_API_CALL_DEADLINE_SECONDS; kube/client.py says why there is one).
+    api_call_deadline: float = CALL_DEADLINE
     # The namespaces to watch; empty: all (``modeldeploy-operator --namespace`` sets them).
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     metrics_port: int | None = 9090
@@ -107,6 +110,8 @@ class OperatorConfig:
             workers=int(env("MODELDEPLOY_WORKERS", "16")),
             query_concurrency=int(env("MODELDEPLOY_QUERY_CONCURRENCY", "32")),
             watch_server_timeout=int(env("MODELDEPLOY_WATCH_TIMEOUT", "300")),
+            api_call_deadline=float(env("MODELDEPLOY_API_CALL_DEADLINE_SECONDS",
+                                        str(CALL_DEADLINE))),
             namespaces=tuple(n for n in env("MODELDEPLOY_NAMESPACES", "").split(",") if n),
             # "off" disables the endpoint (e.g. several operators in one test process).
             metrics_port=None if env("MODELDEPLOY_METRICS_PORT") == "off"
@@ -209,7 +214,7 @@ class RolloutController:
         self._queue: WorkQueue[Key] = WorkQueue()
         self.cache = ClusterCache(api_client, USER_AGENT, list(config.namespaces), self.notice,
                                   config.watch_server_timeout)
-        self._kube = KubeClient(api_client, self.cache)
+        self._kube = KubeClient(api_client, self.cache, self._config.api_call_deadline)
         self._analysis = AnalysisRunner(self._kube, config.query_concurrency,
                                         ProviderAddresses(config.allowed_provider_addresses))
         self._tasks: list[asyncio.Task[None]] = []

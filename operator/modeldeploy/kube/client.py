@@ -35,6 +35,7 @@ MERGE_PATCH = "application/merge-patch+json"
 # Every call has a deadline: (connect, read) seconds for each socket operation of its
 # thread, and CALL_DEADLINE for the whole call as the tick awaits it, so a server that
 # trickles bytes cannot hold a tick (the thread it holds is abandoned to its socket).
+# MODELDEPLOY_API_CALL_DEADLINE_SECONDS sets the latter (CALL_DEADLINE is its default).
 REQUEST_TIMEOUT = (10, 30)
 CALL_DEADLINE = 60.0
 # A 429 with Retry-After (API Priority and Fairness, a rate limit) was not processed: it is
@@ -147,16 +148,19 @@ class KubeClient:
     are remembered in the cache.
     """
 
-    def __init__(self, api_client: ApiClient, cache: ClusterCache) -> None:
+    def __init__(
+        self, api_client: ApiClient, cache: ClusterCache, call_deadline: float = CALL_DEADLINE
+    ) -> None:
         self._api = api_client
         self.cache = cache
+        self._call_deadline = call_deadline
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
         self._apps = kubernetes.client.AppsV1Api(api_client)
         self._core = kubernetes.client.CoreV1Api(api_client)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + CALL_DEADLINE
+        deadline = loop.time() + self._call_deadline
         tries = 0
         while True:
             tries += 1

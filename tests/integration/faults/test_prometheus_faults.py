@@ -227,6 +227,7 @@ def test_a_prometheus_fault_during_analysis_holds_the_canary_until_prometheus_an
                + fault.reason(prometheus.url) in message, message
         assert "resumes on its own once a round is conclusive again" in message, message
         assert condition(held, "Degraded")["status"] == "False"
+        assert condition(held, "RolledBack")["status"] == "False"
 
     # And the canary passed its analysis with Prometheus back, and was promoted.
     assert done["stableRevision"] == canary, done.get("message")
