@@ -4,8 +4,9 @@ Each test is its own unit of work, handed out one or two at a time as workers fr
 except the modules in ``ONE_WORKER_MODULES``, which go to one worker whole: the RBAC
 module's fixture plays minutes of scenarios that every test of the module reads (run
 once, not once per worker), and the golden replay's tests must run in order against one
-server (later recordings use objects the first ones made). (xdist's own ``--dist loadgroup`` would do this with a mark,
-but it renames test ids in a way pytest 9 no longer honours.)
+server (later recordings use objects the first ones made). (xdist's own ``--dist
+loadgroup`` would do this with a mark, but it renames test ids in a way pytest 9 no
+longer honours.)
 """
 
 from __future__ import annotations
