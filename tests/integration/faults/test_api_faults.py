@@ -176,9 +176,12 @@ FAULTS = [
         _reads_slowed,
     ),
     Fault(
-        "the operator's watches dropped every 2 s and half their resumes answered 410 Gone",
-        # The 410 rule comes first: a resume it does not fail is dropped 2 s later.
-        lambda ns: [operator_rule(verbs=["watch"], goneOnResume=True, share=0.5, seed=5),
+        "the operator's watches dropped every 2 s and their first three resumes answered "
+        "410 Gone",
+        # The 410 rule comes first: a resume it does not fail is dropped 2 s later. A count,
+        # not a share: a quick rollout resumes only a few times, and a seeded share of half
+        # of six resumes once failed none.
+        lambda ns: [operator_rule(verbs=["watch"], goneOnResume=True, count=3),
                     dropped_watches(OPERATOR)],
         _relisted_after_each_gone,
     ),
