@@ -1,7 +1,7 @@
 """The fault-injection tier is CI's second tier: `hack/test-faults` (MODELDEPLOY_FAULT_TIER=1).
 
 `.ci/run` runs `hack/test`, then `hack/test-faults`. The tier adds about four minutes on two
-cores (its 16 tests, about eight minutes of test time, in two workers); `hack/test` stays
+cores (its 15 tests, about six minutes of test time, in two workers); `hack/test` stays
 under 20 minutes without it. Elsewhere the tier is collected and skipped, saying how to run
 it.
 """
