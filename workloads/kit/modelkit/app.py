@@ -9,24 +9,30 @@ no ``BaseHTTPMiddleware``, so streaming and cancellation behave):
    find the details the message leaves out;
 2. ``X-API-Key`` auth when ``API_KEY`` is set (not on /health, /metrics): 401
    authentication_error;
-3. admission (:mod:`modelkit.limits`, ``MAX_CONCURRENT_REQUESTS``/``MAX_QUEUED_REQUESTS``):
+3. the rate limit per client (:mod:`modelkit.ratelimit`, ``RATE_LIMIT_PER_MINUTE``, off by
+   default): a token bucket per API key (``X-API-Key`` or ``Authorization: Bearer``, kept as
+   a hash), else per client address (never ``X-Forwarded-For``); beyond it, 429
+   rate_limit_error code ``rate_limit_exceeded`` with Retry-After at once, before the body is
+   read or a place taken (not for /health, /metrics, the service's ``uncounted_paths`` and
+   ``OPTIONS``);
+4. admission (:mod:`modelkit.limits`, ``MAX_CONCURRENT_REQUESTS``/``MAX_QUEUED_REQUESTS``):
    over capacity, 429 rate_limit_error with Retry-After at once (not for /health, /metrics
    and the service's ``uncounted_paths``, which are never queued behind model requests);
-4. the request body, buffered and replayed to the app: 413 over ``MAX_REQUEST_BYTES`` (from
+5. the request body, buffered and replayed to the app: 413 over ``MAX_REQUEST_BYTES`` (from
    Content-Length at once, or while reading a chunked body), 408 when it has not all
    arrived within ``REQUEST_BODY_TIMEOUT_S``; a JSON body is decoded strictly
    (:mod:`modelkit.jsonbody`: 400 for what could not be forwarded, such as ``1e999``);
-5. the wait, in arrival order, for a run slot; then the route itself, with FastAPI's errors
+6. the wait, in arrival order, for a run slot; then the route itself, with FastAPI's errors
    rewritten in the OpenAI shape (422 → 400 invalid_request_error naming the field, 404
    not_found_error, 405 with Allow). Under a limit, a client that disconnects while queued
    is dropped, and one that disconnects while served has its route cancelled (upstream
    call included); either is logged with status 499 and counted as ``rejected``. With no
    limit (``MAX_CONCURRENT_REQUESTS=0``, an app that is not a model service) the route
    sees the disconnect itself, as before;
-6. a catch-all: an unexpected exception is logged with its traceback and answered 500
+7. a catch-all: an unexpected exception is logged with its traceback and answered 500
    ``server_error`` without one (the only error type outside DESIGN.md's six, as the
    OpenAI API itself does for its own bugs);
-7. timing and counting in ``model_requests_total``/``model_request_duration_seconds`` under
+8. timing and counting in ``model_requests_total``/``model_request_duration_seconds`` under
    the route template (``/items/{id}``, not the raw path; ``unmatched`` for unknown paths),
    and one JSON log line per request. /health, /metrics and the service's own
    ``uncounted_paths`` (a health alias, a stats page) are logged but never counted: they
@@ -60,6 +66,7 @@ from modelkit.jsonbody import DECODED_JSON_STATE_KEY, decode_json, is_json_conte
 from modelkit.limits import ConcurrencyLimiter
 from modelkit.logs import request_id_var
 from modelkit.metrics import ServiceMetrics
+from modelkit.ratelimit import ClientRateLimiter, client_of
 from modelkit.settings import ServiceSettings
 
 access_log = logging.getLogger("modelkit.access")
@@ -117,8 +124,8 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 class ServiceMiddleware:
-    """Request id, auth, admission, body limits, catch-all, timing and counting (see module
-    docstring)."""
+    """Request id, auth, rate limit, admission, body limits, catch-all, timing and counting
+    (see module docstring)."""
 
     def __init__(
         self,
@@ -127,6 +134,7 @@ class ServiceMiddleware:
         settings: ServiceSettings,
         metrics: ServiceMetrics,
         limiter: ConcurrencyLimiter | None = None,
+        rate_limiter: ClientRateLimiter | None = None,
         router: Router | None = None,
         uncounted_paths: frozenset[str] = UNCOUNTED_PATHS,
     ) -> None:
@@ -137,6 +145,7 @@ class ServiceMiddleware:
         self.limiter = limiter or ConcurrencyLimiter(
             settings.max_concurrent_requests, settings.max_queued_requests
         )
+        self.rate_limiter = rate_limiter or ClientRateLimiter(settings.rate_limit_per_minute)
         self.uncounted_paths = uncounted_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -157,6 +166,12 @@ class ServiceMiddleware:
             if scope.get("path") in self.uncounted_paths or self.limiter.unlimited
             else self.limiter
         )
+        # Only model requests spend a client's budget; a CORS preflight is not one.
+        rate_limit_applies = not (
+            self.rate_limiter.unlimited
+            or scope.get("path") in self.uncounted_paths
+            or scope.get("method") == "OPTIONS"
+        )
         admitted = False
         run_started: float | None = None
 
@@ -171,6 +186,8 @@ class ServiceMiddleware:
 
         try:
             early_error = self._authenticate(scope, headers)
+            if early_error is None and rate_limit_applies:
+                early_error = self.rate_limiter.take(client_of(scope, headers))
             if early_error is None and limiter is not None:
                 early_error = limiter.admit()
                 admitted = early_error is None
@@ -437,7 +454,8 @@ def create_app(
     alias, a stats page): like /health and /metrics they stay out of ``model_requests_total``
     and out of the limiter. The app's ``state`` holds ``settings``, ``metrics`` (a
     :class:`ServiceMetrics` with its own registry), ``limiter`` (the
-    :class:`~modelkit.limits.ConcurrencyLimiter`) and ``health_checks`` (a dict the service
+    :class:`~modelkit.limits.ConcurrencyLimiter`), ``rate_limiter`` (the
+    :class:`~modelkit.ratelimit.ClientRateLimiter`) and ``health_checks`` (a dict the service
     may add to later).
     """
     metrics = metrics or ServiceMetrics()
@@ -445,6 +463,7 @@ def create_app(
     for model in models:
         metrics.set_model_info(model, settings.app_version)
     limiter = ConcurrencyLimiter(settings.max_concurrent_requests, settings.max_queued_requests)
+    rate_limiter = ClientRateLimiter(settings.rate_limit_per_minute)
     fastapi_kwargs.setdefault("docs_url", None)
     fastapi_kwargs.setdefault("redoc_url", None)
     app = FastAPI(title=service, version=settings.app_version, **fastapi_kwargs)
@@ -456,6 +475,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.limiter = limiter
+    app.state.rate_limiter = rate_limiter
     app.state.health_checks = health_checks
     app.state.service = service
 
@@ -475,7 +495,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_middleware(ServiceMiddleware, settings=settings, metrics=metrics, limiter=limiter,
-                       router=app.router,
+                       rate_limiter=rate_limiter, router=app.router,
                        uncounted_paths=UNCOUNTED_PATHS | frozenset(uncounted_paths))
 
     @app.get("/health", include_in_schema=False)

@@ -14,8 +14,9 @@ One :class:`ConcurrencyLimiter` per app (the kit's middleware owns it; settings
 - ``max_running = 0`` means no limit (the kit's default, for apps that are not model
   services, such as the fake upstream); every model service sets its own default.
 
-The rate limit per client (a later feature) is separate from this: this bounds the work in
-the process, whatever its callers.
+The rate limit per client (:mod:`modelkit.ratelimit`, ``RATE_LIMIT_PER_MINUTE``, code
+``rate_limit_exceeded``) is separate from this and checked before it: that one shares the
+service fairly between callers; this one bounds the work in the process, whatever its callers.
 """
 
 from __future__ import annotations

@@ -51,6 +51,14 @@ class ServiceSettings(BaseSettings):
         description="Admitted requests that may wait for a slot beyond MAX_CONCURRENT_REQUESTS; "
         "any more get 429 with Retry-After at once.",
     )
+    rate_limit_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="Model requests each client may send a minute (modelkit.ratelimit), per API "
+        "key, else per client address; 0 = no limit: behind an ingress (or the sandbox's data "
+        "plane) every client has the same address, so a per-address default would throttle "
+        "all traffic as one client. A deployment that knows its clients sets it.",
+    )
     app_version: str = Field(default="dev", min_length=1, description="model_info's version.")
     openai_api_key: str = Field(
         default="not-set",
