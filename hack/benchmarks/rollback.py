@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--rate", type=float, default=10.0, help="requests per second to the Service")
     parser.add_argument("--error-rate", type=float, default=0.3,
-                        help="share of the bad model's upstream calls that fail")
+                        help="share of the bad model's answers that are unusable (a 502 each)")
     parser.add_argument("--scrape-interval", default="1s", help="Prometheus scrape interval")
     parser.add_argument("--interval", default="3s",
                         help="analysis interval, also the PromQL rate window")
@@ -129,7 +129,8 @@ def one_run(
     time.sleep(random.uniform(0.0, parse_duration(args.interval)))
     with FakeUpstreamClient(sandbox.fake_upstream_url) as upstream:
         fault_on = time.monotonic()
-        upstream.set_fault(model, error_rate=args.error_rate, status_code=500)
+        # Unusable answers (a 502 each): song-analyzer retries a provider's 5xx, never these.
+        upstream.set_fault(model, malformed_rate=args.error_rate)
     rolled_back = follower.wait_for(lambda s: s.phase == "RolledBack", 60,
                                     f"run {number}: the rollback of {revision}", operator)
     rolled_back_at = time.monotonic()
@@ -158,8 +159,8 @@ def report(args: argparse.Namespace, results: list[RunResult], took_s: float) ->
     print(f"rollback detection: {len(results)} run{'s' if len(results) != 1 else ''} in {took_s:.0f}s")
     print(f"configuration: scrape interval {args.scrape_interval} | rate window = analysis interval "
           f"{args.interval} | traffic {args.rate:g} req/s | "
-          f"2 replicas, canary at 50% | fault: {args.error_rate:.0%} of the model's upstream calls "
-          f"fail | rollback indicator error-rate > 5%")
+          f"2 replicas, canary at 50% | fault: {args.error_rate:.0%} of the model's answers "
+          f"unusable | rollback indicator error-rate > 5%")
     print()
     rows = [["run", "fault->stable", "fault->RolledBack", "canary requests", "share", "their outcomes"]]
     for i, r in enumerate(results, 1):

@@ -105,8 +105,10 @@ def song_score(user_text: str, model: str) -> dict[str, Any]:
     }
 
 
-def _openai_error(status: int, message: str, error_type: str, code: str) -> JSONResponse:
-    headers = {"Retry-After": "1"} if status == 429 else None
+def _openai_error(
+    status: int, message: str, error_type: str, code: str, retry_after_s: int = 1
+) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after_s)} if status == 429 else None
     return JSONResponse(error_body(message, error_type, code), status_code=status, headers=headers)
 
 
@@ -122,7 +124,17 @@ def build_app(settings: FakeUpstreamSettings) -> FastAPI:
     app.state.faults = book
 
     async def apply_fault(request: Request, model: str) -> tuple[str, Response | None]:
-        """Run the fault schedule; returns the action and the response it forces, if any."""
+        """Run the fault schedule; returns the action and the response it forces, if any.
+
+        The request counts as in flight (``/admin/concurrency``) while it is delayed or hangs
+        here: the rest of its answer is built without waiting."""
+        book.enter(model)
+        try:
+            return await _apply_fault(request, model)
+        finally:
+            book.leave(model)
+
+    async def _apply_fault(request: Request, model: str) -> tuple[str, Response | None]:
         action, fault = book.decide(model)
         if action == "timeout":
             deadline = time.monotonic() + fault.hang_s
@@ -145,6 +157,7 @@ def build_app(settings: FakeUpstreamSettings) -> FastAPI:
                 f"injected fault: status {fault.status_code} for model {model}",
                 error_type,
                 "injected_fault",
+                retry_after_s=fault.retry_after_s,
             )
         return action, None
 
@@ -298,6 +311,10 @@ def build_app(settings: FakeUpstreamSettings) -> FastAPI:
     @app.get("/admin/stats")
     async def get_stats() -> dict[str, Any]:
         return {"models": book.stats()}
+
+    @app.get("/admin/concurrency")
+    async def get_concurrency() -> dict[str, Any]:
+        return {"models": book.concurrency()}
 
     @app.delete("/admin/stats")
     async def delete_stats() -> dict[str, Any]:

@@ -45,6 +45,7 @@ class FakeUpstreamClient:
         malformed_rate: float = 0.0,
         status_code: int = 500,
         hang_s: float | None = None,
+        retry_after_s: int | None = None,
     ) -> dict[str, Any]:
         """Replace ``model``'s fault (``*`` for every model without its own); restarts its count."""
         fault: dict[str, Any] = {
@@ -56,6 +57,8 @@ class FakeUpstreamClient:
         }
         if hang_s is not None:
             fault["hang_s"] = hang_s
+        if retry_after_s is not None:
+            fault["retry_after_s"] = retry_after_s
         return self._ok(self._http.put(f"/admin/faults/{model}", json=fault))
 
     def clear_fault(self, model: str) -> None:
@@ -75,7 +78,14 @@ class FakeUpstreamClient:
         return stats
 
     def reset_stats(self) -> None:
+        """Zero the counts; the peaks in :meth:`concurrency` restart from what is in flight."""
         self._ok(self._http.delete("/admin/stats"))
+
+    def concurrency(self, model: str) -> tuple[int, int]:
+        """(requests to ``model`` in flight now, the most at once since stats were reset)."""
+        models = self._ok(self._http.get("/admin/concurrency"))["models"]
+        counts = models.get(model, {"in_flight": 0, "peak": 0})
+        return int(counts["in_flight"]), int(counts["peak"])
 
 
 @contextmanager

@@ -39,6 +39,9 @@ class Fault(BaseModel):
     hang_s: float = Field(
         default=300.0, ge=0, le=3600, description="How long a timed-out request hangs."
     )
+    retry_after_s: int = Field(
+        default=1, ge=0, le=86_400, description="Retry-After of injected 429 answers."
+    )
 
 
 def _hit(index: int, rate: float) -> bool:
@@ -58,6 +61,8 @@ class FaultBook:
 
     _faults: dict[str, _ModelFault] = field(default_factory=dict)
     _stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    _in_flight: dict[str, int] = field(default_factory=dict)
+    _peak_in_flight: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def set(self, model: str, fault: Fault) -> None:
@@ -103,3 +108,22 @@ class FaultBook:
     def reset_stats(self) -> None:
         with self._lock:
             self._stats.clear()
+            # The peak restarts from what is in flight now, not from zero.
+            self._peak_in_flight = dict(self._in_flight)
+
+    def enter(self, model: str) -> None:
+        """A request to ``model`` is being answered (see :meth:`concurrency`)."""
+        with self._lock:
+            now = self._in_flight.get(model, 0) + 1
+            self._in_flight[model] = now
+            self._peak_in_flight[model] = max(now, self._peak_in_flight.get(model, 0))
+
+    def leave(self, model: str) -> None:
+        with self._lock:
+            self._in_flight[model] -= 1
+
+    def concurrency(self) -> dict[str, dict[str, int]]:
+        """Requests in flight by model now, and the most at once since stats were reset."""
+        with self._lock:
+            return {model: {"in_flight": self._in_flight.get(model, 0), "peak": peak}
+                    for model, peak in self._peak_in_flight.items()}  # fmt: skip

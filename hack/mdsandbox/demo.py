@@ -570,12 +570,15 @@ def run_demo(workdir: Path, timeline: Timeline, keep: bool) -> int:
             say(f"PROMOTED: revision {promoted.stable} serves all traffic")
 
             timeline.plain("")
-            timeline.plain(f"== 2. a failing fine-tune: LLM_MODEL={BAD_MODEL}; the fake upstream "
-                           f"fails {BAD_MODEL_ERROR_RATE:.0%} of its calls")
+            timeline.plain(f"== 2. a failing fine-tune: LLM_MODEL={BAD_MODEL}; it answers "
+                           f"{BAD_MODEL_ERROR_RATE:.0%} of its calls with text that is not the JSON "
+                           "asked for")
             from fakeupstream import FakeUpstreamClient
 
             with FakeUpstreamClient(sandbox.fake_upstream_url) as upstream:
-                upstream.set_fault(BAD_MODEL, error_rate=BAD_MODEL_ERROR_RATE, status_code=500)
+                # Unusable answers, not provider 5xx: song-analyzer retries those (they are
+                # the provider's hiccups), while a broken fine-tune's output fails every try.
+                upstream.set_fault(BAD_MODEL, malformed_rate=BAD_MODEL_ERROR_RATE)
             applied_at = time.monotonic()
             say(f"kubectl apply: {apply(manifest(BAD_MODEL), kubeconfig)}")
             bad = follower.wait_for(lambda s: s.canary is not None and s.canary != promoted.stable, 30,

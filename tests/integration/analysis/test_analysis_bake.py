@@ -64,7 +64,7 @@ def test_a_breach_during_the_bake_reverts_to_the_warm_previous_revision(
             return sent if len(sent) >= 10 else None
 
         during_bake = wait_until(sent_during_bake, timeout=30, what="10 answers during the bake")
-        upstream.set_fault(SONG_V2, error_rate=0.3)
+        upstream.set_fault(SONG_V2, malformed_rate=0.3)  # a 502 each, not retried
         status = wait_status(kube, namespace, NAME, lambda s: s.get("phase") != "Promoting",
                              what="the bake to end", timeout=60)
 

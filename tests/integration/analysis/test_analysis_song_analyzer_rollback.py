@@ -1,4 +1,6 @@
-"""song-analyzer: a revision whose model fails 30% of requests is reverted by the error-rate indicator."""
+"""song-analyzer: a revision whose fine-tune answers 30% of requests with unusable output (not the
+JSON asked for, a 502 each: never retried, unlike a provider's 5xx) is reverted by the
+error-rate indicator."""
 
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def test_a_canary_whose_model_fails_30_percent_is_rolled_back_by_the_error_rate_
 
     apply(manifest(SONG_V1, "1.0.0"), sandbox)
     stable = wait_stable(kube, namespace, NAME)
-    upstream.set_fault(SONG_V2, error_rate=0.3)
+    upstream.set_fault(SONG_V2, malformed_rate=0.3)
     url = sandbox.service_url(namespace, NAME) + "/analyze"
     rollbacks_before = operator_metric(operator.metrics_port, "modeldeploy_rollbacks_total",
                                        namespace=namespace, name=NAME)

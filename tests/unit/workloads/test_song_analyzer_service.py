@@ -32,6 +32,9 @@ def service(fake_upstream_url: str) -> Iterator[ServiceProcess]:
         "API_KEY": API_KEY,
         "APP_VERSION": "1.4.0",
         "CACHE_MAX_ENTRIES": "100",
+        # One try per request: these tests map one upstream failure to one answer; the
+        # retries are test_song_analyzer_upstream.py's.
+        "UPSTREAM_MAX_RETRIES": "0",
     }
     with running_module("song_analyzer", env) as process:
         yield process

@@ -6,8 +6,11 @@ Routes (``/v1/...`` are aliases of ``/api/v1/...`` so the openai SDK works with
 * ``POST /api/v1/chat/completions``: validated (see :mod:`chat_proxy.validation`),
   then forwarded with the openai SDK; the upstream's completion is returned as is.
 * ``GET /api/v1/models``: the upstream's model list.
-* ``GET /api/v1/health``: the same checks and body as the kit's ``/health``.
-  Kubernetes probes should use ``/health`` (never behind ``API_KEY``);
+* ``GET /api/v1/health``: the kit's ``/health`` body and status code, plus the fields the
+  deployment guide asks for: ``timestamp`` (ISO 8601, UTC), ``models_loaded`` (every
+  configured model is in the upstream's list), ``model_count`` (models the upstream lists)
+  and ``api_keys_configured`` (a count, never a key). Kubernetes probes should use
+  ``/health`` (never behind ``API_KEY``);
   ``/api/v1/health`` is for API clients and, like every ``/api`` route, needs
   ``X-API-Key`` when one is configured. Neither is counted in ``model_requests_total``:
   a probe is not a model request, and its successes would dilute the error rate.
@@ -40,8 +43,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import openai
@@ -79,7 +84,8 @@ class ChatProxySettings(ServiceSettings):
     max_concurrent_requests: int = Field(default=8, ge=1)
     max_queued_requests: int = Field(default=8, ge=0)
     upstream_base_url: str | None = Field(default=None, description="Upstream …/v1 URL.")
-    upstream_timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    # The deployment guide's completion timeout: long answers of large models take minutes.
+    upstream_timeout_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
     default_model: str = Field(default="gpt-4o-mini", min_length=1)
     metric_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -103,36 +109,77 @@ class ChatProxySettings(ServiceSettings):
         return value
 
 
-class UpstreamModelsCheck:
-    """Health check: can the upstream list its models? Cached for ``ttl_s``."""
+@dataclass(frozen=True)
+class ModelListing:
+    """One look at the upstream's model list: the health check it makes and the ids listed."""
 
-    def __init__(self, client: openai.AsyncOpenAI, timeout_s: float, ttl_s: float) -> None:
+    check: Check
+    model_ids: frozenset[str] = frozenset()
+    # Every configured model (DEFAULT_MODEL, METRIC_MODELS) is among model_ids.
+    configured_models_listed: bool = False
+
+
+class UpstreamModelsCheck:
+    """Health check: can the upstream list its models, the configured ones among them?
+    Cached for ``ttl_s``."""
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        timeout_s: float,
+        ttl_s: float,
+        configured_models: Sequence[str],
+    ) -> None:
         self.client = client
         self.timeout_s = timeout_s
         self.ttl_s = ttl_s
-        self._cached: tuple[float, Check] | None = None
+        self.configured_models = tuple(dict.fromkeys(configured_models))
+        self._cached: tuple[float, ModelListing] | None = None
         self._lock = asyncio.Lock()
 
     async def __call__(self) -> Check:
+        return (await self.listing()).check
+
+    async def listing(self) -> ModelListing:
         async with self._lock:  # concurrent probes share one upstream call
             now = time.monotonic()
             if self._cached is not None and now - self._cached[0] < self.ttl_s:
                 return self._cached[1]
-            check = await self._probe()
-            self._cached = (time.monotonic(), check)
-            return check
+            listing = await self._probe()
+            self._cached = (time.monotonic(), listing)
+            return listing
 
-    async def _probe(self) -> Check:
+    async def _probe(self) -> ModelListing:
         try:
             async with asyncio.timeout(self.timeout_s):
                 page = await self.client.models.list(timeout=self.timeout_s)
         except (TimeoutError, openai.APITimeoutError):
-            return Check.degraded(f"upstream did not list its models within {self.timeout_s} s")
+            return ModelListing(
+                Check.degraded(f"upstream did not list its models within {self.timeout_s} s")
+            )
         except openai.APIStatusError as error:
-            return Check.degraded(f"upstream answered {error.status_code} to a model list")
+            return ModelListing(Check.degraded(f"upstream answered {error.status_code} to a model list"))
         except openai.OpenAIError as error:
-            return Check.degraded(f"upstream unreachable: {type(error).__name__}")
-        return Check.ok(f"upstream lists {len(page.data)} models")
+            return ModelListing(Check.degraded(f"upstream unreachable: {type(error).__name__}"))
+        model_ids = frozenset(model.id for model in page.data)
+        missing = [model for model in self.configured_models if model not in model_ids]
+        if missing:
+            # Requests for them would fail upstream: still routable (other models work), so
+            # degraded, and the detail says which setting names the missing model.
+            check = Check.degraded(
+                f"upstream lists {len(model_ids)} models but not the configured "
+                f"{', '.join(missing)} (DEFAULT_MODEL, METRIC_MODELS)"
+            )
+        else:
+            check = Check.ok(f"upstream lists {len(model_ids)} models")
+        return ModelListing(check, model_ids, configured_models_listed=not missing)
+
+
+def configured_api_key_count(settings: ChatProxySettings) -> int:
+    """How many API keys the proxy holds: API_KEY (callers) and OPENAI_API_KEY (upstream),
+    the latter unless it is the kit's placeholder default."""
+    placeholder = ServiceSettings.model_fields["openai_api_key"].default
+    return int(settings.api_key is not None) + int(settings.openai_api_key != placeholder)
 
 
 def build_app(settings: ChatProxySettings) -> FastAPI:
@@ -141,7 +188,13 @@ def build_app(settings: ChatProxySettings) -> FastAPI:
         api_key=settings.openai_api_key,
         timeout_s=settings.upstream_timeout_s,
     )
-    models_check = UpstreamModelsCheck(client, settings.health_upstream_timeout_s, settings.health_cache_s)
+    models_check = UpstreamModelsCheck(
+        client,
+        settings.health_upstream_timeout_s,
+        settings.health_cache_s,
+        configured_models=[settings.default_model, *settings.metric_models],
+    )
+    api_key_count = configured_api_key_count(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -190,7 +243,17 @@ def build_app(settings: ChatProxySettings) -> FastAPI:
         return JSONResponse({"object": "list", "data": [m.model_dump(mode="json") for m in page.data]})
 
     async def api_health(request: Request) -> JSONResponse:
-        code, body = await run_checks(request.app.state.health_checks)
+        # One model listing serves both the check and the model fields, so they agree.
+        listing = await models_check.listing()
+        checks = {**request.app.state.health_checks, "upstream_models": lambda: listing.check}
+        code, body = await run_checks(checks)
+        body.update(
+            timestamp=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            models_loaded=listing.configured_models_listed,
+            model_count=len(listing.model_ids),
+            # A count only: a key, or any part of one, must never reach a response.
+            api_keys_configured=api_key_count,
+        )
         return JSONResponse(body, status_code=code)
 
     for prefix in ("/api/v1", "/v1"):

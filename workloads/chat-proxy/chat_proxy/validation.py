@@ -17,6 +17,10 @@ Choices the design leaves open, written down here:
 * Each image is at most ``max_image_bytes`` after decoding (10 MB by default);
   the encoded length is checked first so an oversize image is refused without
   decoding it.
+* When the first problem of a request is an image, the refusal names every bad image
+  (its path and why) and none of the good ones, so a client fixes them all at once. The
+  bad images are never dropped and the rest forwarded: that would change what the model
+  sees without the client knowing.
 * ``stream`` must be false or absent: the proxy answers with one JSON body, and
   streaming would bypass the per-request outcome accounting the canary relies on.
 * ``n`` is bounded (1..8) because every choice is billed.
@@ -280,8 +284,26 @@ def _describe(error: dict[str, Any], param: str) -> str:
     return f"Invalid value for '{param}': {message}."
 
 
+def _is_image_url(loc: Sequence[int | str]) -> bool:
+    return tuple(loc[-2:]) == ("image_url", "url")
+
+
+def _every_bad_image(errors: Sequence[Any]) -> InvalidRequest:
+    """One refusal naming every bad image (path and reason), none of the good ones."""
+    bad = [(_param_from_loc(error["loc"]), error) for error in errors if _is_image_url(error["loc"])]
+    if len(bad) == 1:
+        param, error = bad[0]
+        return InvalidRequest(_describe(dict(error), param), param)
+    reasons = " ".join(_describe(dict(error), param) for param, error in bad)  # each ends in "."
+    return InvalidRequest(
+        f"{len(bad)} images are invalid; fix each of them and resend the request. {reasons}",
+        bad[0][0],
+    )
+
+
 def parse_chat_request(body: Any, limits: ValidationLimits | None = None) -> ChatCompletionRequest:
-    """Validate a decoded JSON body; raise :class:`InvalidRequest` naming the first bad field."""
+    """Validate a decoded JSON body; raise :class:`InvalidRequest` naming the first bad field,
+    or, when that is an image, every bad image of the request."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object with 'model' and 'messages'.", None)
     try:
@@ -289,5 +311,8 @@ def parse_chat_request(body: Any, limits: ValidationLimits | None = None) -> Cha
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False)
         first = errors[0]
+        if _is_image_url(first["loc"]):
+            # A client sending several images fixes them all in one go, not one per round trip.
+            raise _every_bad_image(errors) from None
         param = _param_from_loc(first["loc"])
         raise InvalidRequest(_describe(dict(first), param or "body"), param or None) from None

@@ -130,7 +130,7 @@ def _retry_after_seconds(error: openai.APIStatusError, default: int = 1) -> int:
     raw = error.response.headers.get("retry-after") if error.response is not None else None
     try:
         return max(1, int(float(raw))) if raw is not None else default
-    except ValueError:
+    except (ValueError, OverflowError):  # "inf" overflows int()
         return default
 
 

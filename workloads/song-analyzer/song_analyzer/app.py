@@ -10,9 +10,13 @@ Choices the design leaves open:
   ``ft:gpt-4o-mini-...`` is priced as a gpt-4o-mini fine-tune ($0.30 / $1.20 per 1M
   tokens); an ``ft:`` model of another base by that base (see modelkit.pricing).
 - Only good answers are cached. A cache hit makes no upstream call and counts no tokens.
-- The SDK's retries are off (``max_retries=0``) and LLM_TIMEOUT is an overall deadline
-  on the call, answer included (the SDK's own timeout is per read: a provider trickling
-  its answer would otherwise never time out).
+- LLM_TIMEOUT is an overall deadline on an analysis's upstream work, answers included (the
+  SDK's own timeout is per read: a provider trickling its answer would otherwise never time
+  out), across retries: an upstream 429 or 5xx is retried with exponential back-off and
+  jitter, honouring Retry-After, by :mod:`song_analyzer.upstream_calls` (the SDK's own
+  retries are off, ``max_retries=0``). Each try is one ``model_upstream_requests_total``.
+- At most ``UPSTREAM_MAX_CONCURRENCY`` (16) upstream calls are in flight; a slot is taken
+  after the cache lookup, so a cache hit never waits for one.
 - The caller never sees the model's words when its answer is unusable: the 502 says which
   class of problem it was, and the log (redacted, under the request id) says the rest.
 - At most ``MAX_CONCURRENT_REQUESTS`` (32) analyses run at once and ``MAX_QUEUED_REQUESTS``
@@ -42,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from song_analyzer.cache import LruCache, cache_key
 from song_analyzer.config import SongAnalyzerSettings
 from song_analyzer.scoring import SYSTEM_PROMPT, ModelAnswer, user_message
+from song_analyzer.upstream_calls import RetryPolicy, UpstreamSlots, call_with_retries
 
 log = logging.getLogger("song_analyzer")
 
@@ -111,6 +116,11 @@ def build_app(settings: SongAnalyzerSettings) -> FastAPI:
         timeout_s=settings.llm_timeout,
     )
     cache: LruCache[Analysis] = LruCache(settings.cache_max_entries)
+    slots = UpstreamSlots(settings.upstream_max_concurrency)
+    retry_policy = RetryPolicy(
+        max_retries=settings.upstream_max_retries,
+        base_delay_s=settings.upstream_retry_base_delay_s,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -124,6 +134,7 @@ def build_app(settings: SongAnalyzerSettings) -> FastAPI:
         checks={
             "config": lambda: Check.ok(f"model {model}, timeout {settings.llm_timeout:g}s"),
             "cache": lambda: Check.ok(f"{len(cache)} of {cache.max_entries} entries"),
+            "upstream_slots": slots.check,
         },
         lifespan=lifespan,
     )
@@ -136,23 +147,32 @@ def build_app(settings: SongAnalyzerSettings) -> FastAPI:
         metrics.record_cache(hit is not None)
         if hit is not None:
             return AnalyzeResponse(**hit.model_dump(), cached=True)
-        async with metrics.upstream_call_within(model, settings.llm_timeout):
-            completion = await client.chat.completions.create(
-                model=model,
-                messages=[
-                    {"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": user_message(body.artist, body.title, body.lyrics)},
-                ],
-                temperature=settings.llm_temperature,
-                max_tokens=settings.llm_max_tokens,
-                response_format={"type": "json_object"},
-            )
-            if completion.usage is not None:
-                metrics.record_usage(
-                    model, completion.usage.prompt_tokens, completion.usage.completion_tokens
+
+        prompt = user_message(body.artist, body.title, body.lyrics)
+
+        async def score_once(seconds_left: float) -> ModelAnswer:
+            async with metrics.upstream_call_within(model, seconds_left):
+                completion = await client.chat.completions.create(
+                    model=model,
+                    messages=[
+                        {"role": "system", "content": SYSTEM_PROMPT},
+                        {"role": "user", "content": prompt},
+                    ],
+                    temperature=settings.llm_temperature,
+                    max_tokens=settings.llm_max_tokens,
+                    response_format={"type": "json_object"},
                 )
-            choice = completion.choices[0] if completion.choices else None
-            answer = parse_answer(choice.message.content if choice else None, model)
+                if completion.usage is not None:
+                    metrics.record_usage(
+                        model, completion.usage.prompt_tokens, completion.usage.completion_tokens
+                    )
+                choice = completion.choices[0] if completion.choices else None
+                return parse_answer(choice.message.content if choice else None, model)
+
+        answer = await call_with_retries(
+            score_once, model=model, policy=retry_policy, slots=slots,
+            timeout_s=settings.llm_timeout,
+        )  # fmt: skip
         analysis = Analysis(**answer.model_dump(), model=model)
         cache.put(key, analysis)
         return AnalyzeResponse(**analysis.model_dump(), cached=False)
