@@ -347,3 +347,14 @@ class OwnPrometheus:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def report_detection(service: str, applied: dt.datetime, status: JSON) -> float:
+    """Print how long a faulty revision lived, from its apply to the RolledBack condition's
+    time (whole seconds; it includes the new pods' start-up): the README's table of the
+    five services is read from these lines (``pytest -s``); no test asserts on them."""
+    reverted_at = dt.datetime.fromisoformat(
+        condition(status, "RolledBack")["lastTransitionTime"].replace("Z", "+00:00"))
+    seconds = (reverted_at - applied).total_seconds()
+    print(f"{service}: detection_seconds={seconds:.0f}")
+    return seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from analysis_support import (
     apply,
     image_gen,
     metric_status,
+    report_detection,
     revisions_served,
     wait_canary,
     wait_stable,
@@ -82,6 +84,7 @@ def test_a_model_that_times_out_beyond_the_indicator_is_rolled_back(
     url = sandbox.service_url(namespace, NAME) + "/submit"
 
     with TrafficGenerator(url, body=image_request, rate=8, max_seconds=180, timeout_s=10):
+        applied = dt.datetime.now(dt.UTC)
         apply(manifest("gpt-image-1", "2.1.0", 1), sandbox)
         canary = wait_canary(kube, namespace, NAME, stable)
         status = wait_status(kube, namespace, NAME,
@@ -90,6 +93,7 @@ def test_a_model_that_times_out_beyond_the_indicator_is_rolled_back(
 
     assert status["phase"] == "RolledBack", status.get("message")
     assert status["stableRevision"] == stable
+    report_detection("image-gen", applied, status)
     # Half the calls time out: the timeout-rate indicator (max 10%) breached, and so did
     # success-rate (min 85%), measured in the same round; the message names the first.
     message = status["message"]

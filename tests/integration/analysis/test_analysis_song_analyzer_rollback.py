@@ -4,6 +4,7 @@ error-rate indicator."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from analysis_support import (
     events_of,
     metric_status,
     operator_metric,
+    report_detection,
     revisions_served,
     song_analyzer,
     wait_canary,
@@ -50,6 +52,7 @@ def test_a_canary_whose_model_fails_30_percent_is_rolled_back_by_the_error_rate_
     )
 
     with TrafficGenerator(url, body=song_request, rate=12, max_seconds=180, timeout_s=15):
+        applied = dt.datetime.now(dt.UTC)
         apply(manifest(SONG_V2, "1.1.0"), sandbox)
         canary = wait_canary(kube, namespace, NAME, stable)
         status = wait_status(kube, namespace, NAME, lambda s: s.get("phase") == "RolledBack",
@@ -58,6 +61,7 @@ def test_a_canary_whose_model_fails_30_percent_is_rolled_back_by_the_error_rate_
     # The status names the metric, its value, the threshold and the reverted revision.
     assert status["stableRevision"] == stable
     assert not status.get("canaryRevision")
+    report_detection("song-analyzer", applied, status)
     message = status["message"]
     assert message.startswith("rollback indicator error-rate = "), message
     value = message.removeprefix("rollback indicator error-rate = ").split()[0]
