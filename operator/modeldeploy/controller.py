@@ -33,13 +33,14 @@ import copy
 import datetime as dt
 import json
 import logging
+import math
 import os
 import random
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes.client import ApiClient, V1PodTemplateSpec
 from pydantic import ValidationError
@@ -72,6 +73,7 @@ STATUS_CONFLICT_BACKOFF_CAP = 5.0
 TICK_STUCK_SECONDS = 600.0
 LOOP_STUCK_SECONDS = 30.0
 Manifest = dict[str, Any]
+NumberT = TypeVar("NumberT", int, float)
 Key = tuple[str, str]
 
 
@@ -104,28 +106,48 @@ class OperatorConfig:
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
+        """The settings from the environment; a bad value stops the operator at start with a
+        ValueError naming the variable, its value and what it takes."""
         env = os.environ.get
+        metrics_port = env("MODELDEPLOY_METRICS_PORT")
         return cls(
-            resync_seconds=float(env("MODELDEPLOY_RESYNC_SECONDS", "600")),
-            workers=int(env("MODELDEPLOY_WORKERS", "16")),
-            query_concurrency=int(env("MODELDEPLOY_QUERY_CONCURRENCY", "32")),
-            watch_server_timeout=int(env("MODELDEPLOY_WATCH_TIMEOUT", "300")),
-            api_call_deadline=float(env("MODELDEPLOY_API_CALL_DEADLINE_SECONDS",
-                                        str(CALL_DEADLINE))),
+            resync_seconds=env_number("MODELDEPLOY_RESYNC_SECONDS", 600.0),
+            workers=env_number("MODELDEPLOY_WORKERS", 16),
+            query_concurrency=env_number("MODELDEPLOY_QUERY_CONCURRENCY", 32),
+            watch_server_timeout=env_number("MODELDEPLOY_WATCH_TIMEOUT", 300),
+            api_call_deadline=env_number("MODELDEPLOY_API_CALL_DEADLINE_SECONDS", CALL_DEADLINE),
             namespaces=tuple(n for n in env("MODELDEPLOY_NAMESPACES", "").split(",") if n),
             # "off" disables the endpoint (e.g. several operators in one test process).
-            metrics_port=None if env("MODELDEPLOY_METRICS_PORT") == "off"
-            else int(env("MODELDEPLOY_METRICS_PORT", "9090")),
+            metrics_port=None if metrics_port == "off"
+            else env_number("MODELDEPLOY_METRICS_PORT", 9090),
             leader_election=env("MODELDEPLOY_LEADER_ELECTION", "").lower() == "true",
             lease_name=env("MODELDEPLOY_LEASE_NAME", "modeldeploy-operator"),
             # The chart sets POD_NAMESPACE / POD_NAME from the downward API.
             lease_namespace=env("POD_NAMESPACE", "default"),
-            lease_seconds=int(env("MODELDEPLOY_LEASE_SECONDS", "15")),
+            lease_seconds=env_number("MODELDEPLOY_LEASE_SECONDS", 15),
             identity=env("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
             allowed_provider_addresses=allowed_addresses(env(ALLOWED_ADDRESSES_ENV)),
             pod_template_policy=PodTemplatePolicy.from_env(
                 env(POLICY_ENV), env(ALLOWED_SERVICE_ACCOUNTS_ENV)),
         )
+
+
+def env_number(name: str, default: NumberT) -> NumberT:
+    """A positive number from the environment variable ``name``, of ``default``'s type
+    (unset or empty: ``default``). Zero or less is refused too: a deadline, a period or a
+    worker count of 0 would make every call fail at once or nothing run at all."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    kind = "a whole number" if isinstance(default, int) else "a number of seconds"
+    try:
+        value = type(default)(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not {kind}: set {kind} above 0 "
+                         f"(default {default}) or unset it") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={raw!r}: set {kind} above 0 (default {default}) or unset it")
+    return value
 
 
 class LeadershipLost(Exception):
