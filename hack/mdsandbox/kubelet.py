@@ -52,6 +52,13 @@ What a client sees, and the choices behind it:
   terminationGracePeriodSeconds (capped at 10 s). A pod marked for deletion is
   deleted for good (grace 0) once its processes are gone, as the kubelet does.
 - stdout/stderr go to ``<dir>/logs/pods/<namespace>_<pod>_<container>.log``.
+- Container metrics: like a real kubelet's cAdvisor, ``/metrics/cadvisor`` on a local
+  port reports each running process container's ``container_memory_working_set_bytes``
+  (its process tree's RSS) and ``container_spec_memory_limit_bytes`` (its
+  ``resources.limits.memory``, 0 for none), labelled ``namespace``, ``pod``,
+  ``container``; the port is published in ``<dir>/prometheus/targets/kubelet.json``,
+  which the sandbox's Prometheus scrapes as job ``kubelet`` (details and approximations
+  in ``mdsandbox.cadvisor``).
 """
 
 from __future__ import annotations
@@ -73,6 +80,13 @@ from typing import Any
 
 import aiohttp
 
+from mdsandbox.cadvisor import (
+    ContainerMemory,
+    ContainerMetricsServer,
+    memory_limit_bytes,
+    process_tree_rss_bytes,
+    publish_target,
+)
 from mdsandbox.controllers import is_terminating, now_iso
 from mdsandbox.events import record_event
 from mdsandbox.kubeclient import ApiError, Informer, KubeClient, status_merge_patch
@@ -255,10 +269,13 @@ class Kubelet:
         self._task: asyncio.Task[None] | None = None
         self._probe_session: aiohttp.ClientSession | None = None
         self._terminations: set[asyncio.Task[None]] = set()
+        self.container_metrics = ContainerMetricsServer(self.container_memory)
 
     async def start(self) -> None:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self._probe_session = aiohttp.ClientSession()
+        await self.container_metrics.start()
+        publish_target(self.workdir, self.container_metrics.port)
         self.pods.start()
         self._task = asyncio.create_task(self._loop(), name="kubelet")
 
@@ -273,6 +290,7 @@ class Kubelet:
             *self._terminations,
         )
         self.runtimes.clear()
+        await self.container_metrics.stop()
         if self._probe_session is not None:
             await self._probe_session.close()
         await self.client.close()
@@ -284,6 +302,23 @@ class Kubelet:
             for c in rt.containers
             if c.process is not None and c.process.returncode is None
         ]
+
+    def container_memory(self) -> list[ContainerMemory]:
+        """Each running process container's memory now, for ``/metrics/cadvisor``."""
+        measured = []
+        for runtime in self.runtimes.values():
+            for container in runtime.containers:
+                process = container.process
+                if container.pause or process is None or process.returncode is not None:
+                    continue
+                rss = process_tree_rss_bytes(process.pid)
+                if rss is None:  # exited since it was last looked at
+                    continue
+                measured.append(ContainerMemory(
+                    runtime.namespace, runtime.name, container.name, rss,
+                    memory_limit_bytes(container.spec),
+                ))
+        return measured
 
     def _pod_changed(self, key: tuple[str, str], obj: JSON) -> None:
         self._dirty.add(key)

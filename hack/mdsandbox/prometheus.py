@@ -18,7 +18,11 @@ Layout under ``<dir>/prometheus/``:
   ``POST /-/reload`` (the lifecycle API is on);
 - ``data/``: the TSDB.
 
-The fake upstream is scraped too (job ``fake-upstream``) when it runs.
+The fake upstream is scraped too (job ``fake-upstream``) when it runs, and so is the
+kubelet's ``/metrics/cadvisor`` (job ``kubelet``, target in ``targets/kubelet.json``,
+written by the kubelet; ``mdsandbox.cadvisor``), as kube-prometheus-stack scrapes a
+node's kubelet: ``honor_labels`` keeps the ``namespace``, ``pod`` and ``container``
+labels the kubelet gives each container's series.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from mdsandbox.cadvisor import CADVISOR_PATH, TARGETS_FILE
 from mdsandbox.controllers import is_terminating
 from mdsandbox.kubeclient import Informer, KubeClient
 from mdsandbox.kubelet import PORT_ANNOTATION, free_port
@@ -148,6 +153,12 @@ def prometheus_config(workdir: Path, scrape_interval: str, fake_upstream: str | 
             {
                 "job_name": "operator",
                 "file_sd_configs": [{"files": [str(prom / "targets" / "operator.json")]}],
+            },
+            {
+                "job_name": "kubelet",
+                "metrics_path": CADVISOR_PATH,
+                "honor_labels": True,
+                "file_sd_configs": [{"files": [str(workdir / TARGETS_FILE)]}],
             },
         ],
     }

@@ -365,6 +365,7 @@ class Preset(StrEnum):
     COST_PER_REQUEST = "cost-per-request"
     COST_PER_HOUR = "cost-per-hour"
     CACHE_HIT_RATE = "cache-hit-rate"
+    MEMORY_UTILIZATION = "memory-utilization"
     IMAGE_GEN = "image-gen"
     SONG_ANALYZER = "song-analyzer"
     CHAT_PROXY = "chat-proxy"

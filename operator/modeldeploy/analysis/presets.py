@@ -16,6 +16,42 @@ its rounds also measures the revision's model requests (:data:`TRAFFIC_GUARD`): 
 with none in its window is no data for every gate, never a pass. Probes and scrapes are
 not model requests (the services do not count them), so a blue-green preview nobody sends
 real traffic to stays inconclusive however healthy its probes are.
+
+``memory-utilization`` is the one built-in metric not of the metric contract: the
+highest working set / memory limit over the revision's containers, from the standard
+series a cluster's monitoring already has. The working set is cAdvisor's
+``container_memory_working_set_bytes`` (the kubelet's ``/metrics/cadvisor``, scraped by
+kube-prometheus-stack's ``kubelet`` job; the sandbox's kubelet exports it too). The limit
+is cAdvisor's ``container_spec_memory_limit_bytes`` where it is scraped (a plain
+cAdvisor job, the sandbox) or else kube-state-metrics'
+``kube_pod_container_resource_limits{resource="memory"}``: kube-prometheus-stack drops
+every ``container_spec_*`` series from its cAdvisor job by default, as overlapping with
+kube-state-metrics, which it installs and which exports the limits by default. All of
+these carry ``namespace``, ``pod`` and ``container`` but none of the pod's labels, so the
+revision's pods are chosen by name: the operator names a revision's Deployment
+``<name>-<revision>`` (kube/objects.py) and a Deployment's pods are
+``<deployment>-<pod-template-hash>-<suffix>``, hence
+``pod=~"{{name}}-{{revision}}-[a-z0-9]+(-[a-z0-9]+)?"`` (one segment after the revision
+where the API server cut a long generated name, see below; never three, which would be a
+pod of a ModelDeployment named ``<name>-<revision>``). That works on any cluster with
+the stack's defaults; the alternative, a join with kube-state-metrics'
+``kube_pod_labels``, needs ``--metric-labels-allowlist`` set for the modeldeploy labels
+(kube-state-metrics v2 exports no pod labels by default). Limits of the choice: a ``.``
+in the name matches any character (no other pod of the namespace is named like a
+revision's, so nothing else matches), and the API server cuts a generated pod name's
+prefix at 58 characters (the pod-template-hash runs into the random suffix), so a
+ModelDeployment name longer than 46 characters would lose its revision from pod names
+and measure nothing (no data: inconclusive, never a revert).
+
+The pod-level (``container=""``) and pause (``container="POD"``) series are left out,
+and so is a container without a limit (cAdvisor's limit 0, or no kube-state-metrics
+series: dividing by 0 would give +Inf); a revision none of whose containers has a limit
+has no data. Each series is reduced ``max by (namespace, pod, container)`` first: the
+same container can have two (the kubelet's ``/metrics/resource``, where it is scraped,
+exports ``container_memory_working_set_bytes`` too; a restarted container's old cgroup
+lingers a scrape or two; kube-state-metrics' series also carry ``uid`` and ``node``).
+The working set is the peak over the window, so a spike between two measurements (say,
+just before an OOM kill) still counts.
 """
 
 from __future__ import annotations
@@ -44,6 +80,25 @@ _ANSWERED_ALL_REVISIONS = (
     'outcome!="rejected"}[{{interval}}]))'
 )
 _COST = f"sum(rate(model_cost_usd_total{{{_SEL}}}[{{{{interval}}}}]))"
+# cAdvisor's (and kube-state-metrics') series of the revision's containers (see the
+# module docstring).
+_REVISION_CONTAINERS = (
+    'namespace="{{namespace}}",pod=~"{{name}}-{{revision}}-[a-z0-9]+(-[a-z0-9]+)?",'
+    'container!="",container!="POD"'
+)
+_PEAK_WORKING_SET = (
+    "max by (namespace, pod, container) (max_over_time("
+    f"container_memory_working_set_bytes{{{_REVISION_CONTAINERS}}}[{{{{interval}}}}]))"
+)
+# cAdvisor's limit where it is scraped, else kube-state-metrics' ("or" keeps the left
+# side's series where both have one). "> 0" drops containers without a limit (cAdvisor
+# reports 0 for "unlimited").
+_MEMORY_LIMIT = (
+    "(max by (namespace, pod, container) ("
+    f"container_spec_memory_limit_bytes{{{_REVISION_CONTAINERS}}} > 0) or "
+    "max by (namespace, pod, container) ("
+    f'kube_pod_container_resource_limits{{{_REVISION_CONTAINERS},resource="memory"}} > 0))'
+)
 
 
 def _or_zero(numerator: str) -> str:
@@ -78,6 +133,8 @@ BUILTIN_QUERIES: dict[str, str] = {
         + " / "
         f"sum(rate(model_cache_requests_total{{{_SEL}}}[{{{{interval}}}}]))"
     ),
+    # The revision's fullest container: its peak working set over its memory limit.
+    "memory-utilization": f"max({_PEAK_WORKING_SET} / {_MEMORY_LIMIT})",
     # Not a preset name of its own: the chat-proxy bundle's "health = healthy" gate.
     "availability": f"min(up{{{_SEL}}})",
 }
@@ -92,6 +149,7 @@ GENERIC_THRESHOLDS: dict[str, s.ThresholdRange | None] = {
     "cost-per-request": None,  # no sensible default: set thresholdRange or relativeToStable
     "cost-per-hour": None,
     "cache-hit-rate": s.ThresholdRange(min=0.5),
+    "memory-utilization": s.ThresholdRange(max=0.9),
 }
 
 
@@ -140,7 +198,10 @@ BUNDLES: dict[str, tuple[list[MetricCheck], list[IndicatorCheck]]] = {
     "image-gen": (
         [_gate("success-rate", R(min=0.95)), _gate("timeout-rate", R(max=0.02)),
          _gate("mean-latency", R(max=150.0))],
-        [_indicator("success-rate", R(min=0.85)), _indicator("timeout-rate", R(max=0.10))],
+        # The guide's critical thresholds: errors (error or timeout) above 10%, or a container
+        # above 90% of its memory limit (the next allocation may be an OOM kill).
+        [_indicator("success-rate", R(min=0.85)), _indicator("timeout-rate", R(max=0.10)),
+         _indicator("error-rate", R(max=0.10)), _indicator("memory-utilization", R(max=0.90))],
     ),
     "song-analyzer": (
         [_gate("error-rate", R(max=0.02)), _gate("latency-p95", R(max=10.0)),

@@ -95,7 +95,8 @@ def test_a_model_that_times_out_beyond_the_indicator_is_rolled_back(
     assert status["stableRevision"] == stable
     report_detection("image-gen", applied, status)
     # Half the calls time out: the timeout-rate indicator (max 10%) breached, and so did
-    # success-rate (min 85%), measured in the same round; the message names the first.
+    # error-rate (max 10%, timeouts included) and success-rate (min 85%), measured in the same
+    # round; the message names the first.
     message = status["message"]
     assert message.startswith("rollback indicator ") and f"(revision {canary})" in message, message
     timeouts = metric_status(status, "timeout-rate (rollback indicator)")

@@ -137,8 +137,11 @@ def test_bundles_carry_the_design_thresholds() -> None:
     assert {g.name: g.threshold_range.describe() for g in gates if g.threshold_range} == {
         "success-rate": "min 0.95", "timeout-rate": "max 0.02", "mean-latency": "max 150",
     }
+    # The design's success < 85% and timeouts > 10%, and the image-gen guide's critical
+    # thresholds: errors > 10%, memory above 90% of the limit.
     assert {i.metric: i.threshold_range.describe() for i in indicators if i.threshold_range} == {
-        "success-rate": "min 0.85", "timeout-rate": "max 0.1",
+        "success-rate": "min 0.85", "timeout-rate": "max 0.1", "error-rate": "max 0.1",
+        "memory-utilization": "max 0.9",
     }
 
 
