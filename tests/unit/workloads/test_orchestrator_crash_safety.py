@@ -1,4 +1,5 @@
-"""The orchestrator's data file survives kill -9 at any moment of a write.
+"""The orchestrator's data file survives kill -9 at any moment of a write, and pods that
+share its directory (a ReadWriteMany claim) never sweep away each other's writes.
 
 A real writer process rewrites the confidence file continuously with the
 orchestrator's own store; the test SIGKILLs it at a varying moment and loads the
@@ -12,12 +13,14 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from orchestrator.confidence import FILE_NAME, ConfidenceStore, load_confidence_file
+from orchestrator.persistence import FOREIGN_TEMP_STALE_S
 
 MODEL_COUNT = 300  # a file of a few tens of kB, so a kill often lands mid-write
 
@@ -75,3 +78,40 @@ def test_kill_9_during_writes_never_leaves_a_file_that_fails_to_load(tmp_path: P
     store = ConfidenceStore.open(tmp_path)
     assert store.snapshot().generation == last_generation
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_pod_sharing_the_data_dir_sweeps_only_orphans_never_another_pods_write(tmp_path: Path) -> None:
+    this_host = socket.gethostname()
+    store = ConfidenceStore.open(tmp_path, ["model-a"])
+    store.record("model-a", success=True)
+    store.save()
+
+    def temp_file(writer: str, age_s: float = 0.0) -> Path:
+        path = tmp_path / f".{FILE_NAME}.{writer}.x1y2z3.tmp"
+        path.write_text("{partial")
+        if age_s:
+            stamp = time.time() - age_s
+            os.utime(path, (stamp, stamp))
+        return path
+
+    # Every pod's process may be PID 1, so a PID alone says nothing about another pod.
+    other_pod_writing = temp_file("1@orchestrator-7d9f-abcde")
+    other_pod_orphan = temp_file("1@orchestrator-7d9f-fghij", age_s=FOREIGN_TEMP_STALE_S + 60)
+    live_local_writer = temp_file(f"{os.getppid()}@{this_host}")
+    dead_local_writer = temp_file(f"{_dead_pid()}@{this_host}")
+    before_hosts_were_named = temp_file(str(_dead_pid()))
+
+    reopened = ConfidenceStore.open(tmp_path)
+
+    assert other_pod_writing.exists(), "another pod's write in progress was removed"
+    assert live_local_writer.exists(), "a live local writer's file was removed"
+    assert not other_pod_orphan.exists() and not dead_local_writer.exists()
+    assert not before_hosts_were_named.exists()
+    assert reopened.snapshot().models["model-a"].successes == 1
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has exited (and been reaped)."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    return int(finished.stdout)

@@ -8,11 +8,16 @@ dashboard polling it never dilutes the error rate the canary analysis judges.
 
 Health checks: the kit's ``upstream`` (consecutive failed model calls) and
 ``data_dir``: degraded while the confidence file cannot be written (answers
-still flow; what is learned is lost on restart).
+still flow; what is learned is lost on restart). Three more are always ``ok`` and
+say what is running, in the kit's shape (``/stats`` has the same as numbers):
+``cache`` (entries of capacity, TTL, hits and misses), ``models`` (each registered
+model, enabled or disabled) and ``config`` (which settings came from config.json,
+which from the environment).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +30,8 @@ from modelkit.upstream import upstream_client
 from orchestrator.confidence import ConfidenceStore
 from orchestrator.config import OrchestratorSettings
 from orchestrator.service import Orchestrator, QueryRequest
+
+log = logging.getLogger("orchestrator")
 
 SERVICE = "orchestrator"
 STATS_PATH = "/stats"
@@ -40,6 +47,8 @@ def build_app(settings: OrchestratorSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Here rather than in build_app: logging is configured by now.
+        log.info("configuration: %s", settings.config_sources.describe())
         yield
         await client.close()
 
@@ -53,7 +62,30 @@ def build_app(settings: OrchestratorSettings) -> FastAPI:
             return Check.degraded(f"cannot write the confidence file: {orchestrator.last_save_error}")
         return Check.ok(f"confidence file {confidence.path}")
 
+    def cache_check() -> Check:
+        cache = orchestrator.cache
+        if not cache.enabled:
+            return Check.ok(
+                f"disabled (ORCH_CACHE_TTL_S={cache.ttl_s:g}, ORCH_CACHE_MAX_ENTRIES={cache.max_entries})"
+            )
+        return Check.ok(
+            f"{len(cache)} of {cache.max_entries} entries, TTL {cache.ttl_s:g} s, "
+            f"{orchestrator.cache_hits} hits, {orchestrator.cache_misses} misses"
+        )
+
+    def models_check() -> Check:
+        disabled = settings.disabled_models
+        return Check.ok(", ".join(
+            f"{model} ({'disabled' if model in disabled else 'enabled'})" for model in settings.models
+        ))
+
+    def config_check() -> Check:
+        return Check.ok(settings.config_sources.describe())
+
     app.state.health_checks["data_dir"] = data_dir_check
+    app.state.health_checks["cache"] = cache_check
+    app.state.health_checks["models"] = models_check
+    app.state.health_checks["config"] = config_check
 
     @app.post("/query")
     async def query(request: QueryRequest) -> dict[str, Any]:

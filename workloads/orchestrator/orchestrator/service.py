@@ -92,16 +92,24 @@ class Orchestrator:
     # --- the query -----------------------------------------------------------------
 
     def candidates(self, request: QueryRequest) -> list[ModelSpec]:
+        enabled = self.settings.enabled_models
         if request.models is None:
-            return list(self.registry.values())
+            return list(enabled.values())
         seen: set[str] = set()
         for index, model in enumerate(request.models):
             if model not in self.registry:
                 raise invalid_request(
                     f"models[{index}]: {model!r} is not a registered model; choose from "
-                    + ", ".join(self.registry),
+                    + ", ".join(enabled),
                     param=f"models[{index}]",
                     code="model_not_registered",
+                )
+            if model not in enabled:
+                raise invalid_request(
+                    f"models[{index}]: {model!r} is disabled (ORCH_DISABLED_MODELS); choose from "
+                    + ", ".join(enabled),
+                    param=f"models[{index}]",
+                    code="model_disabled",
                 )
             if model in seen:
                 raise invalid_request(
@@ -262,6 +270,7 @@ class Orchestrator:
         for model_id, spec in self.registry.items():
             entry = snapshot.models.get(model_id)
             models[model_id] = {
+                "enabled": model_id not in self.settings.disabled_models,
                 "confidence": round(entry.confidence, 4) if entry else None,
                 "successes": entry.successes if entry else 0,
                 "failures": entry.failures if entry else 0,
