@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -121,12 +122,19 @@ def running_module(
 def _wait_until_answering(
     service: ServiceProcess, health_path: str, timeout_s: float, module: str
 ) -> None:
-    """Poll until the service answers HTTP at all, or its process exits."""
+    """Poll until the service answers HTTP at all, or its process exits.
+
+    An answer counts only once the process itself listens on the port: between choosing a
+    free port and binding it, another server may take it, and its answers must not pass for
+    this service's (this process then fails to bind and exits)."""
+    port = int(service.base_url.rsplit(":", 1)[1])
     deadline = time.monotonic() + timeout_s
     while service.process.poll() is None:
         try:
             httpx.get(service.base_url + health_path, timeout=1.0)
-            return
+            if _listens_on(service.process.pid, port) is not False:
+                return
+            raise httpx.ConnectError("another process answered on the port")
         except httpx.HTTPError:
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -134,6 +142,26 @@ def _wait_until_answering(
                     + service.output()
                 ) from None
             time.sleep(0.05)
+
+
+def _listens_on(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` holds the listening TCP socket of ``port`` (from /proc; None
+    where there is no /proc to ask)."""
+    try:
+        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+    # Columns: sl, local address (hex ip:port), remote address, state (0A = LISTEN), ..., inode.
+    inodes = {fields[9] for fields in (line.split() for line in table)
+              if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A"}
+    owned = set()
+    for fd in fds:
+        try:
+            owned.add(os.readlink(fd))
+        except OSError:
+            continue  # closed meanwhile
+    return any(f"socket:[{inode}]" in owned for inode in inodes)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
