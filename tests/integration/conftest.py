@@ -71,11 +71,18 @@ def crds_installed(sandbox: Sandbox) -> None:
 
 
 @pytest.fixture
+def operator_env() -> dict[str, str]:
+    """Environment variables the test's operator runs with, besides the defaults (a module
+    overrides this fixture to change a setting)."""
+    return {}
+
+
+@pytest.fixture
 def operator(
-    sandbox: Sandbox, crds_installed: None, tmp_path: Path
+    sandbox: Sandbox, crds_installed: None, tmp_path: Path, operator_env: dict[str, str]
 ) -> Iterator[OperatorProcess]:
     """A running operator process for one test (stopped, and its log shown on failure)."""
-    process = OperatorProcess(Path(sandbox.kubeconfig), tmp_path)
+    process = OperatorProcess(Path(sandbox.kubeconfig), tmp_path, operator_env)
     process.start()
     try:
         yield process

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,14 +64,8 @@ CALL_DEADLINE = "5"
 
 
 @pytest.fixture
-def operator(sandbox: Sandbox, crds_installed: None, tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(Path(sandbox.kubeconfig), tmp_path,
-                              {"MODELDEPLOY_API_CALL_DEADLINE_SECONDS": CALL_DEADLINE})
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
+def operator_env() -> dict[str, str]:
+    return {"MODELDEPLOY_API_CALL_DEADLINE_SECONDS": CALL_DEADLINE}
 
 
 def manifest(namespace: str, mark: str) -> JSON:
