@@ -39,14 +39,25 @@ def test_an_unknown_benchmark_is_refused_with_the_list() -> None:
 
 
 def test_the_textgen_benchmark_reports_both_rates_and_that_the_texts_agree() -> None:
-    result = bench("textgen", "--lengths", "4,6", "--repeats", "1", "--threads", "1")
+    result = bench(
+        "textgen", "--lengths", "4,6", "--repeats", "1", "--threads", "1",
+        "--concurrency", "3", "--batch-chars", "5",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
+    single, batched = result.stdout.split("requests sent together")
+    rows = [line.split() for line in single.splitlines() if line.strip()[:1].isdigit()]
     assert [row[0] for row in rows] == ["4", "6"]
     for row in rows:
         naive, cached, ratio = float(row[1]), float(row[2]), float(row[3].rstrip("x"))
         assert naive > 0 and cached > 0 and ratio > 0
-    assert "produced the same text: yes" in result.stdout
+    assert "produced the same text: yes" in single
+    # Throughput through the service's batcher, for 1 request and for --concurrency together.
+    rows = [line.split() for line in batched.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "3"]
+    for row in rows:
+        rate, ratio = float(row[1]), float(row[2].rstrip("x"))
+        assert rate > 0 and ratio > 0
+    assert "batched requests got the text each gets alone: yes" in batched
 
 
 @pytest.mark.parametrize(
@@ -55,6 +66,8 @@ def test_the_textgen_benchmark_reports_both_rates_and_that_the_texts_agree() -> 
         pytest.param(["--lengths", "0"], "--lengths", id="a zero length is refused by name"),
         pytest.param(["--lengths", "ten"], "--lengths", id="a non-numeric length is refused"),
         pytest.param(["--repeats", "0"], "--repeats", id="zero repeats are refused"),
+        pytest.param(["--concurrency", "0"], "--concurrency", id="zero concurrency is refused"),
+        pytest.param(["--batch-chars", "0"], "--batch-chars", id="zero batched chars are refused"),
     ],
 )
 def test_bad_benchmark_options_are_named(args: list[str], message: str) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from modelkit.testing import ServiceProcess, free_port, running_module, scrape
+from modelkit.testing import ServiceProcess, free_port, running_module, scrape, wait_for
 
 API_KEY = "test-key-123"
 MAX_CHARS = 200
@@ -272,6 +273,9 @@ def test_bad_requests_get_a_4xx_in_the_openai_shape_naming_the_problem(
     [
         pytest.param({"TEXTGEN_MAX_CHARS": "lots"}, "TEXTGEN_MAX_CHARS", id="a non-numeric limit"),
         pytest.param({"TEXTGEN_DEVICE": "tpu"}, "TEXTGEN_DEVICE", id="an unknown device"),
+        pytest.param(
+            {"TEXTGEN_REQUEST_TIMEOUT_S": "0"}, "TEXTGEN_REQUEST_TIMEOUT_S", id="a time limit of zero"
+        ),
         pytest.param({"TEXTGEN_WEIGHTS": "CORRUPT"}, "TEXTGEN_WEIGHTS", id="a corrupt weights file"),
     ],
 )
@@ -293,3 +297,133 @@ def test_a_bad_environment_stops_the_service_before_it_binds_naming_the_variable
     assert "configuration error" in result.stderr
     assert variable in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- the request time limit -----------------------------------------------------------------
+
+LIMIT_S = 10.0  # generous: a normal request must finish well within it on a busy CI machine
+# Tens of seconds at least on any device: always past the limit, so the test needs no timing.
+LONG_CHARS = 100_000
+
+
+@pytest.fixture(scope="module")
+def limited_server() -> Iterator[ServiceProcess]:
+    env = {
+        "API_KEY": API_KEY,
+        "TEXTGEN_DEVICE": "cpu",
+        "TEXTGEN_MAX_CHARS": str(LONG_CHARS),
+        "TEXTGEN_REQUEST_TIMEOUT_S": str(LIMIT_S),
+        "PYTHONWARNINGS": "ignore",
+    }
+    with running_module("textgen", env, timeout_s=90) as service:
+        yield service
+
+
+def stopped_generations(server: ServiceProcess, request_id: str) -> list[dict[str, Any]]:
+    """The worker's "generation stopped" log lines for one request."""
+    records = []
+    for line in server.output().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("message") == "generation stopped" and record.get("request_id") == request_id:
+            records.append(record)
+    return records
+
+
+def long_request(server: ServiceProcess, request_id: str, timeout: httpx.Timeout) -> httpx.Response:
+    return httpx.post(
+        f"{server.base_url}/generate",
+        json={"seed": 3, "temperature": 1.0, "num_chars": LONG_CHARS},
+        headers={**AUTH, "X-Request-ID": request_id},
+        timeout=timeout,
+    )
+
+
+def test_a_generation_past_the_time_limit_is_stopped_and_answered_504(limited_server: ServiceProcess) -> None:
+    request_id = f"too-long-{uuid.uuid4().hex}"
+    before = scrape(limited_server.base_url)
+    response = long_request(limited_server, request_id, httpx.Timeout(120))
+    after = scrape(limited_server.base_url)
+
+    assert response.status_code == 504, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("timeout_error", "request_timeout")
+    assert "TEXTGEN_REQUEST_TIMEOUT_S" in error["message"]
+
+    def delta(name: str, **labels: str) -> float:
+        return after.value(name, **labels) - before.value(name, **labels)
+
+    outcomes = ("success", "error", "timeout", "rejected")
+    assert [delta("model_requests_total", route="/generate", outcome=o) for o in outcomes] == [0, 0, 1, 0]
+    assert delta("model_upstream_requests_total", model=MODEL, outcome="timeout") == 1
+    assert delta("model_tokens_total", model=MODEL, direction="output") == 0
+
+    # The worker stopped part-way instead of computing the rest for nobody...
+    wait_for(
+        lambda: bool(stopped_generations(limited_server, request_id)),
+        timeout_s=60,
+        what="the worker to log that it stopped the generation",
+    )
+    [stopped] = stopped_generations(limited_server, request_id)
+    assert stopped["reason"] == "deadline"
+    assert 0 <= stopped["generated_chars"] < LONG_CHARS
+    # ...so it is free: a normal request is served, where it would otherwise have waited
+    # behind the long generation and timed out in turn.
+    response = post_generate(limited_server, {"seed": 1, "temperature": 1.0, "num_chars": 2})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["text"]) == 2
+
+
+def test_a_generation_whose_client_leaves_is_stopped(limited_server: ServiceProcess) -> None:
+    request_id = f"gone-{uuid.uuid4().hex}"
+    before = scrape(limited_server.base_url)
+    # The client gives up reading long before the service's limit: it closes the connection.
+    with pytest.raises(httpx.ReadTimeout):
+        long_request(limited_server, request_id, httpx.Timeout(60, read=LIMIT_S / 10))
+    wait_for(
+        lambda: bool(stopped_generations(limited_server, request_id)),
+        timeout_s=60,
+        what="the worker to log that it stopped the generation",
+    )
+    [stopped] = stopped_generations(limited_server, request_id)
+    assert stopped["reason"] == "client left"
+    assert stopped["generated_chars"] < LONG_CHARS
+
+    def rejected() -> float:
+        labels = {"route": "/generate", "outcome": "rejected"}
+        return scrape(limited_server.base_url).value("model_requests_total", **labels) - before.value(
+            "model_requests_total", **labels
+        )
+
+    # Nginx's 499, counted as rejected: nobody was there to be failed.
+    wait_for(lambda: rejected() == 1, timeout_s=30, what="the request to be counted as rejected")
+    response = post_generate(limited_server, {"seed": 1, "temperature": 1.0, "num_chars": 2})
+    assert response.status_code == 200, response.text
+
+
+# --- batching -------------------------------------------------------------------------------
+
+BATCH = [
+    {"seed": 101, "temperature": 0.7, "num_chars": 200, "prompt": "The keeper "},
+    {"seed": 102, "temperature": 1.0, "num_chars": 30},
+    {"seed": 103, "temperature": 1.5, "num_chars": 150, "prompt": "a" * 130},
+    {"seed": 104, "temperature": 0.3, "num_chars": 5},
+    {"seed": 105, "temperature": 2.0, "num_chars": 180, "prompt": "Once upon"},
+    {"seed": 106, "temperature": 0.9, "num_chars": 64},
+    {"seed": 107, "temperature": 1.2, "num_chars": 129, "prompt": "x" * 127},
+    {"seed": 108, "temperature": 0.5, "num_chars": 100, "prompt": "\n"},
+]
+
+
+def test_eight_concurrent_requests_get_the_text_each_gets_alone(server: ServiceProcess) -> None:
+    """Batched together (different seeds, temperatures, lengths, prompts), each request's text
+    is the one it gets when it runs alone: batching never changes a text."""
+    alone = [post_generate(server, body).json()["text"] for body in BATCH]
+    with ThreadPoolExecutor(max_workers=len(BATCH)) as pool:
+        responses = list(pool.map(lambda body: post_generate(server, body), BATCH))
+    assert [r.status_code for r in responses] == [200] * len(BATCH), [r.text for r in responses]
+    together = [r.json()["text"] for r in responses]
+    assert [len(text) for text in together] == [body["num_chars"] for body in BATCH]
+    assert together == alone

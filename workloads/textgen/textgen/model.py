@@ -9,8 +9,11 @@ Decoding comes in two flavours that must produce the same text for the same seed
 
 * ``naive``: every step runs the whole current context through the network and keeps
   only the last position's logits (quadratic work per generated character);
-* ``cached``: a :class:`KVCache` keeps every layer's keys and values, so each step feeds
-  only the newest character and attends over the cached ones.
+* ``cached``: a key/value cache keeps every layer's keys and values, so each step feeds
+  only the newest character and attends over the cached ones. This is the service's
+  decoder, :class:`textgen.engine.BatchDecoder`, with one request; it decodes batches with
+  the same text per request. (:class:`KVCache` and ``CharGPT.forward(idx, cache)`` remain
+  as the plain reference of cached decoding.)
 
 Choices the design leaves open, written down here:
 
@@ -243,6 +246,11 @@ def generate_ids(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if mode not in ("naive", "cached"):
         raise ValueError(f"mode must be 'naive' or 'cached', got {mode!r}")
+    if mode == "cached":
+        # Imported here: the engine builds on this module.
+        from textgen.engine import generate_many
+
+        return generate_many(model, [(prompt_ids, num_chars, seed, temperature)], start_id=start_id)[0]
     device = next(model.parameters()).device
     block_size = model.config.block_size
     keep = block_size // 2
@@ -253,19 +261,13 @@ def generate_ids(
         history = history[-keep:]
     context = history.view(1, -1)
     generated = torch.empty(num_chars, dtype=torch.long, device=device)
-    cache = KVCache(model.config, device, next(model.parameters()).dtype) if mode == "cached" else None
-    pending = context  # what the cached path has not fed yet
 
     for step in range(num_chars):
         if context.shape[1] >= block_size:
             context = context[:, -keep:]
-            if cache is not None:
-                cache.reset()
-                pending = context
-        # Naive: the whole context again. Cached: only what the cache has not seen.
-        logits = model(context if cache is None else pending, cache)[:, -1, :]
+        # The baseline: the whole context through the network for every character.
+        logits = model(context)[:, -1, :]
         next_id = _sample(logits[0], temperature, uniforms[step])
         generated[step] = next_id[0]
-        pending = next_id.view(1, 1)
-        context = torch.cat((context, pending), dim=1)
+        context = torch.cat((context, next_id.view(1, 1)), dim=1)
     return [int(i) for i in generated.tolist()]
