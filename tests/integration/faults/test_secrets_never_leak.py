@@ -48,6 +48,7 @@ from mdsandbox.sandbox import Sandbox
 from mdsandbox.testing import KubeAPI, wait_until
 from mdsandbox.traffic import TrafficGenerator, song_request
 from operator_process import OperatorProcess
+from song_analyzer.config import SongAnalyzerSettings
 
 # The analysis scenarios' manifest builders and waits: one way to build a song-analyzer.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
@@ -335,7 +336,10 @@ def test_no_credential_reaches_status_events_logs_metrics_or_answers(
         assert answer.status_code == probe.status, (probe.what, answer.status_code, answer.text)
         if probe.code is not None:
             assert answer.json()["error"]["code"] == probe.code, (probe.what, answer.text)
-    assert provider.answered == {401: 1, 500: 1}, "the provider's errors were really answered"
+    # Really answered: the 401 once (never tried again), the 500 on every try song-analyzer
+    # makes (1 + UPSTREAM_MAX_RETRIES), each answer carrying the key in its text.
+    retries = SongAnalyzerSettings.model_fields["upstream_max_retries"].default
+    assert provider.answered == {401: 1, 500: 1 + retries}, "the provider's errors were really answered"
     scraped = pod_pages(kube, namespace)  # the first revision's pods go with the rollout
 
     # A canary with analysis through the auth proxy; it refuses the probe metric at first.
