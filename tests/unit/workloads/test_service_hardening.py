@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ from orchestrator.app import build_app as build_orchestrator
 from orchestrator.config import OrchestratorSettings
 from song_analyzer.app import build_app as build_song_analyzer
 from song_analyzer.config import SongAnalyzerSettings
-from textgen.service import TextgenSettings
+from textgen.service import StopSignal, TextgenSettings
 from textgen.service import build_app as build_textgen
 from textgen.weights import LoadedModel, load_weights, packaged_weights_path
 
@@ -336,10 +335,13 @@ def test_each_service_answers_429_with_retry_after_beyond_its_capacity(
 
 def test_textgen_never_runs_a_generation_whose_client_left(tmp_path: Path) -> None:
     service = SERVICES["textgen"]
-    app = service.build("", 0, tmp_path, {"max_concurrent_requests": 1, "max_queued_requests": 1})
-    busy = threading.Event()
-    # The one worker thread is busy (as with a long generation) until the test frees it.
-    app.state.generator._executor.submit(busy.wait)
+    app = service.build("", 0, tmp_path, {"max_concurrent_requests": 1, "max_queued_requests": 1,
+                                           "textgen_max_batch_size": 1})
+    # The batcher's one lane is busy with a long generation until the test stops it.
+    busy = StopSignal(limit_s=300)
+    generator = app.state.generator
+    generator._batcher.submit(generator.loaded.tokenizer.encode(""), 1_000_000, seed=0,
+                              temperature=1.0, stop=busy)
     limiter = app.state.limiter
     try:
         with serve_app(app) as base:
@@ -356,11 +358,11 @@ def test_textgen_never_runs_a_generation_whose_client_left(tmp_path: Path) -> No
             queued.close()
             running.close()
             wait_for(lambda: limiter.admitted == 0, timeout_s=10, what="both to be dropped")
-            busy.set()
+            busy.stop("released by the test")
             served = post(base, service)
             metrics = scrape(base)
     finally:
-        busy.set()
+        busy.stop("released by the test")
 
     assert refused.status_code == 429, refused.text
     assert served.status_code == 200, served.text
