@@ -64,6 +64,15 @@ def textgen_weights() -> LoadedModel:
     return load_weights(packaged_weights_path(), device=torch.device("cpu"))
 
 
+def textgen_capacity(overrides: dict[str, Any]) -> dict[str, Any]:
+    """textgen runs as many requests as its batch holds: its MAX_CONCURRENT_REQUESTS is
+    TEXTGEN_MAX_BATCH_SIZE, so a capacity asked of every service is given as that."""
+    settings = dict(overrides)
+    if "max_concurrent_requests" in settings:
+        settings["textgen_max_batch_size"] = settings.pop("max_concurrent_requests")
+    return settings
+
+
 @dataclass(frozen=True)
 class Service:
     name: str
@@ -119,7 +128,8 @@ SERVICES = {
     "textgen": Service(
         "textgen", "/generate", {"seed": 1, "temperature": 0.8, "num_chars": 4}, "textgen-chargpt",
         lambda _, __, ___, o: build_textgen(parse_settings(
-            TextgenSettings, textgen_device="cpu", textgen_max_chars=8, **o), textgen_weights()),
+            TextgenSettings, textgen_device="cpu", textgen_max_chars=8,
+            **textgen_capacity(o)), textgen_weights()),
         {"seed": st.integers(-1, 2**64), "temperature": st.floats(-1, 3),
          "num_chars": st.integers(-1, 20), "prompt": texts},
     ),
@@ -335,8 +345,7 @@ def test_each_service_answers_429_with_retry_after_beyond_its_capacity(
 
 def test_textgen_never_runs_a_generation_whose_client_left(tmp_path: Path) -> None:
     service = SERVICES["textgen"]
-    app = service.build("", 0, tmp_path, {"max_concurrent_requests": 1, "max_queued_requests": 1,
-                                           "textgen_max_batch_size": 1})
+    app = service.build("", 0, tmp_path, {"max_concurrent_requests": 1, "max_queued_requests": 1})
     # The batcher's one lane is busy with a long generation until the test stops it.
     busy = StopSignal(limit_s=300)
     generator = app.state.generator

@@ -277,6 +277,8 @@ def test_bad_requests_get_a_4xx_in_the_openai_shape_naming_the_problem(
             {"TEXTGEN_REQUEST_TIMEOUT_S": "0"}, "TEXTGEN_REQUEST_TIMEOUT_S", id="a time limit of zero"
         ),
         pytest.param({"TEXTGEN_WEIGHTS": "CORRUPT"}, "TEXTGEN_WEIGHTS", id="a corrupt weights file"),
+        pytest.param({"MAX_CONCURRENT_REQUESTS": "4"}, "TEXTGEN_MAX_BATCH_SIZE",
+                     id="a concurrency other than the batch size"),
     ],
 )
 def test_a_bad_environment_stops_the_service_before_it_binds_naming_the_variable(

@@ -18,13 +18,14 @@ Choices the design leaves open, written down here:
   a request joins a running batch at the next step and leaves it when done, and its text
   never depends on its batch (:mod:`textgen.engine`). The model is not shared between
   threads and the event loop stays free for /health and /metrics. Requests beyond the batch
-  wait in the kit's queue (``MAX_CONCURRENT_REQUESTS`` 8, ``MAX_QUEUED_REQUESTS`` 8; any more
-  get 429 with Retry-After), in arrival order, so the queue is bounded and a request whose
-  client disconnects while it waits is dropped without running. A generation already
-  running when its client leaves, or when TEXTGEN_REQUEST_TIMEOUT_S (default 30 s) has
-  passed since its turn came, is stopped cooperatively: its :class:`StopSignal` is checked
-  once per generated character, so the worker computes at most one more step for a client
-  that is gone or was answered (504 timeout_error, counted ``outcome="timeout"``).
+  wait in the kit's queue (``MAX_CONCURRENT_REQUESTS`` is the batch size;
+  ``MAX_QUEUED_REQUESTS`` 8; any more get 429 with Retry-After), in arrival order, so the
+  queue is bounded and a request whose client disconnects while it waits is dropped without
+  running. A generation already running when its client leaves, or when
+  TEXTGEN_REQUEST_TIMEOUT_S (default 30 s) has passed since its turn came, is stopped
+  cooperatively: its :class:`StopSignal` is checked once per generated character, so the
+  worker computes at most one more step for a client that is gone or was answered (504
+  timeout_error, counted ``outcome="timeout"``).
 * CORS (CORS_ALLOW_ORIGINS, default ``*`` as the deployment guide's ``CORS(app)``) wraps
   the kit's middleware from outside: a preflight is answered there, without an API key,
   and is never counted, rate-limited or queued as a model request; every other answer,
@@ -61,7 +62,7 @@ from modelkit import (
     metrics_of,
     request_id_var,
 )
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
@@ -100,7 +101,7 @@ class TextgenSettings(ServiceSettings):
     )
     # Requests running at once are those in the batcher: as many as one batch holds, so that
     # the rest wait in the kit's queue, in its sight (where a request whose client left is
-    # dropped without running). Set it equal to TEXTGEN_MAX_BATCH_SIZE.
+    # dropped without running). Derived from TEXTGEN_MAX_BATCH_SIZE (_concurrency_is_the_batch).
     max_concurrent_requests: int = Field(default=DEFAULT_LANES, ge=1)
     max_queued_requests: int = Field(default=8, ge=0)
     textgen_max_batch_size: int = Field(
@@ -179,6 +180,21 @@ class TextgenSettings(ServiceSettings):
                 "or leave it unset for the packaged weights"
             )
         return value
+
+    @model_validator(mode="after")
+    def _concurrency_is_the_batch(self) -> TextgenSettings:
+        """MAX_CONCURRENT_REQUESTS is TEXTGEN_MAX_BATCH_SIZE here: one setting, not two that
+        must agree. More would wait in the batcher, out of the queue's sight; fewer would
+        leave lanes idle. A different value set by hand is refused, naming both."""
+        batch = self.textgen_max_batch_size
+        if "max_concurrent_requests" in self.model_fields_set and self.max_concurrent_requests != batch:
+            raise ValueError(
+                f"MAX_CONCURRENT_REQUESTS ({self.max_concurrent_requests}) must not differ from "
+                f"TEXTGEN_MAX_BATCH_SIZE ({batch}): textgen runs as many requests as one batch "
+                "holds; unset MAX_CONCURRENT_REQUESTS and set TEXTGEN_MAX_BATCH_SIZE alone"
+            )
+        self.max_concurrent_requests = batch
+        return self
 
     def device(self) -> torch.device:
         if self.textgen_device == "auto":
