@@ -18,7 +18,11 @@ Answers are deterministic functions of the request:
 Faults (see :mod:`fakeupstream.faults`) apply to /v1 routes by the request's ``model``:
 an injected error answers ``status_code`` in the OpenAI error shape (429 with Retry-After: 1),
 a timeout hangs ``hang_s`` (ending early when the client disconnects) and then answers 504,
-malformed chat content is ``"this is not JSON {"``.
+malformed chat content is ``"this is not JSON {"`` (a valid completion), and a malformed body
+is a 200 whose body is not a chat completion (:func:`malformed_body`: JSON cut mid-object, an
+object without ``choices`` or with ``choices: []``, or a gateway's HTML error page as
+``text/html``), answered as that body even to ``stream: true``. Both are counted ``malformed``
+and apply to chat completions only: an image request they hit is answered as usual.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from modelkit import create_app, error_body
 from modelkit.settings import ServiceSettings
 from pydantic import Field
 
-from fakeupstream.faults import Fault, FaultBook
+from fakeupstream.faults import Decision, Fault, FaultBook, MalformedBody
 
 MALFORMED_CONTENT = "this is not JSON {"
 KNOWN_MODELS = (
@@ -51,6 +55,12 @@ KNOWN_MODELS = (
 # A valid 1x1 transparent PNG: what every b64_json image decodes to.
 PNG_1X1 = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+# What a misbehaving gateway in front of the provider answers, with status 200.
+GATEWAY_ERROR_PAGE = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
 )
 # gpt-image-1 output tokens for a square image by quality (OpenAI's published table).
 IMAGE_OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160, "auto": 1056}
@@ -105,6 +115,19 @@ def song_score(user_text: str, model: str) -> dict[str, Any]:
     }
 
 
+def malformed_body(shape: MalformedBody, completion: dict[str, Any]) -> Response:
+    """A 200 whose body is not a chat completion, made from the valid ``completion``."""
+    if shape == "truncated_json":
+        # The connection dropped mid-answer: a prefix of an object is never valid JSON.
+        text = json.dumps(completion)
+        return Response(text[: len(text) // 2], media_type="application/json")
+    if shape == "no_choices":
+        return JSONResponse({key: value for key, value in completion.items() if key != "choices"})
+    if shape == "empty_choices":
+        return JSONResponse({**completion, "choices": []})
+    return Response(GATEWAY_ERROR_PAGE, media_type="text/html")
+
+
 def _openai_error(
     status: int, message: str, error_type: str, code: str, retry_after_s: int = 1
 ) -> JSONResponse:
@@ -123,8 +146,8 @@ def build_app(settings: FakeUpstreamSettings) -> FastAPI:
     book = FaultBook()
     app.state.faults = book
 
-    async def apply_fault(request: Request, model: str) -> tuple[str, Response | None]:
-        """Run the fault schedule; returns the action and the response it forces, if any.
+    async def apply_fault(request: Request, model: str) -> tuple[Decision, Response | None]:
+        """Run the fault schedule; returns its decision and the response it forces, if any.
 
         The request counts as in flight (``/admin/concurrency``) while it is delayed or hangs
         here: the rest of its answer is built without waiting."""
@@ -134,8 +157,9 @@ def build_app(settings: FakeUpstreamSettings) -> FastAPI:
         finally:
             book.leave(model)
 
-    async def _apply_fault(request: Request, model: str) -> tuple[str, Response | None]:
-        action, fault = book.decide(model)
+    async def _apply_fault(request: Request, model: str) -> tuple[Decision, Response | None]:
+        decision = book.decision(model)
+        action, fault = decision.action, decision.fault
         if action == "timeout":
             deadline = time.monotonic() + fault.hang_s
             while time.monotonic() < deadline:
@@ -143,7 +167,7 @@ def build_app(settings: FakeUpstreamSettings) -> FastAPI:
                     break
                 await asyncio.sleep(0.05)
             book.count(model, "timeout")
-            return action, _openai_error(504, "injected timeout", "timeout_error", "injected_fault")
+            return decision, _openai_error(504, "injected timeout", "timeout_error", "injected_fault")
         if fault.latency_s > 0:
             await asyncio.sleep(fault.latency_s)
         if action == "error":
@@ -152,14 +176,14 @@ def build_app(settings: FakeUpstreamSettings) -> FastAPI:
                 fault.status_code,
                 "invalid_request_error" if fault.status_code < 500 else "server_error",
             )
-            return action, _openai_error(
+            return decision, _openai_error(
                 fault.status_code,
                 f"injected fault: status {fault.status_code} for model {model}",
                 error_type,
                 "injected_fault",
                 retry_after_s=fault.retry_after_s,
             )
-        return action, None
+        return decision, None
 
     async def json_object(request: Request) -> dict[str, Any] | JSONResponse:
         try:
@@ -181,9 +205,10 @@ def build_app(settings: FakeUpstreamSettings) -> FastAPI:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _bad_request("messages: must be a non-empty list", "messages")
-        action, forced = await apply_fault(request, model)
+        decision, forced = await apply_fault(request, model)
         if forced is not None:
             return forced
+        action = decision.action
         texts = [_message_text(m) for m in messages]
         prompt_tokens = sum(_tokens(text) + 85 * images for text, images in texts)
         user_text = next(
@@ -212,7 +237,7 @@ def build_app(settings: FakeUpstreamSettings) -> FastAPI:
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         if isinstance(max_tokens, int) and max_tokens > 0 and _tokens(content) > max_tokens:
             content, finish_reason = content[: max_tokens * 4], "length"
-        book.count(model, "malformed" if action == "malformed" else "success")
+        book.count(model, "malformed" if action in ("malformed", "malformed_body") else "success")
         completion_id = f"chatcmpl-fake-{_digest(model + user_text):x}"
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -220,27 +245,28 @@ def build_app(settings: FakeUpstreamSettings) -> FastAPI:
             "total_tokens": prompt_tokens + _tokens(content),
         }
         created = int(time.time())
+        completion = {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": finish_reason,
+                }
+            ],
+            "usage": usage,
+        }
+        if decision.malformed_body is not None:
+            return malformed_body(decision.malformed_body, completion)
         if body.get("stream") is True:
             return StreamingResponse(
                 _stream(completion_id, created, model, content, finish_reason, usage),
                 media_type="text/event-stream",
             )
-        return JSONResponse(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": finish_reason,
-                    }
-                ],
-                "usage": usage,
-            }
-        )
+        return JSONResponse(completion)
 
     @app.post("/v1/images/generations")
     async def images_generations(request: Request) -> Response:

@@ -43,16 +43,22 @@ class FakeUpstreamClient:
         error_rate: float = 0.0,
         timeout_rate: float = 0.0,
         malformed_rate: float = 0.0,
+        malformed_body_rate: float = 0.0,
         status_code: int = 500,
         hang_s: float | None = None,
         retry_after_s: int | None = None,
     ) -> dict[str, Any]:
-        """Replace ``model``'s fault (``*`` for every model without its own); restarts its count."""
+        """Replace ``model``'s fault (``*`` for every model without its own); restarts its count.
+
+        ``malformed_rate`` garbles the content of a valid completion; ``malformed_body_rate``
+        answers 200 with a body that is not a chat completion (see :mod:`fakeupstream.faults`).
+        """
         fault: dict[str, Any] = {
             "latency_s": latency_s,
             "error_rate": error_rate,
             "timeout_rate": timeout_rate,
             "malformed_rate": malformed_rate,
+            "malformed_body_rate": malformed_body_rate,
             "status_code": status_code,
         }
         if hang_s is not None:
@@ -73,7 +79,8 @@ class FakeUpstreamClient:
         return faults
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Request counts by model and outcome (success, error, timeout, malformed)."""
+        """Request counts by model and outcome (success, error, timeout, malformed: malformed
+        content and malformed bodies alike)."""
         stats: dict[str, dict[str, int]] = self._ok(self._http.get("/admin/stats"))["models"]
         return stats
 

@@ -4,9 +4,18 @@ Rates are applied by a counter, not a random draw, so a test knows exactly which
 fails: with ``rate`` r, the n-th request (n = 1, 2, ... counted per model since its fault was
 last set) is hit when ``floor(n·r) > floor((n-1)·r)``. So ``error_rate=1`` fails every
 request, ``0.5`` fails the 2nd, 4th, 6th..., ``0.25`` the 4th, 8th..., and any window of k
-requests holds ``k·r`` hits give or take one. Each rate (timeout, error, malformed) runs on
-the same request index; when several hit one request, the first of timeout, error,
-malformed wins. ``latency_s`` delays every answer that is not a hang.
+requests holds ``k·r`` hits give or take one. Each rate (timeout, error, malformed,
+malformed body) runs on the same request index; when several hit one request, the first of
+timeout, error, malformed, malformed body wins. Two equal rates therefore hit the same
+requests and only the first of them shows: ``error_rate=0.15, malformed_body_rate=0.2``
+fails 15% with errors and 15% with malformed bodies (every 20th request is hit by both and
+answered an error). ``latency_s`` delays every answer that is not a hang.
+
+``malformed_rate`` garbles a chat answer's *content* (a valid completion whose content is not
+JSON); ``malformed_body_rate`` answers 200 with a *body* that is not a chat completion at all,
+its shape taking each of :data:`MALFORMED_BODIES` in turn (the k-th malformed body of a model
+since its fault was set is ``MALFORMED_BODIES[(k - 1) % 4]``): JSON cut mid-object, a JSON
+object without ``choices``, one with ``choices: []``, and a gateway's HTML error page.
 
 The fault for model ``*`` applies to every model that has none of its own.
 """
@@ -21,7 +30,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 WILDCARD = "*"
-Action = Literal["ok", "timeout", "error", "malformed"]
+Action = Literal["ok", "timeout", "error", "malformed", "malformed_body"]
+MalformedBody = Literal["truncated_json", "no_choices", "empty_choices", "html_error_page"]
+# The shapes a malformed body takes, in turn.
+MALFORMED_BODIES: tuple[MalformedBody, ...] = (
+    "truncated_json",
+    "no_choices",
+    "empty_choices",
+    "html_error_page",
+)
 
 
 class Fault(BaseModel):
@@ -34,6 +51,12 @@ class Fault(BaseModel):
     timeout_rate: float = Field(default=0.0, ge=0, le=1, description="Share that hang hang_s.")
     malformed_rate: float = Field(
         default=0.0, ge=0, le=1, description="Share of chat answers whose content is not JSON."
+    )
+    malformed_body_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of chat answers that are 200 with a body that is not a chat completion.",
     )
     status_code: int = Field(default=500, ge=400, le=599, description="Status of injected errors.")
     hang_s: float = Field(
@@ -53,6 +76,17 @@ def _hit(index: int, rate: float) -> bool:
 class _ModelFault:
     fault: Fault
     requests_seen: int = 0
+    malformed_bodies: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one request: the action, the fault in force and, when the action is
+    ``malformed_body``, the shape of the body."""
+
+    action: Action
+    fault: Fault
+    malformed_body: MalformedBody | None = None
 
 
 @dataclass
@@ -82,19 +116,28 @@ class FaultBook:
 
     def decide(self, model: str) -> tuple[Action, Fault]:
         """The action for the next request to ``model`` and the fault in force."""
+        decision = self.decision(model)
+        return decision.action, decision.fault
+
+    def decision(self, model: str) -> Decision:
+        """:meth:`decide`, with the malformed body's shape when that is the action."""
         with self._lock:
             entry = self._faults.get(model) or self._faults.get(WILDCARD)
             if entry is None:
-                return "ok", Fault()
+                return Decision("ok", Fault())
             entry.requests_seen += 1
             n, fault = entry.requests_seen, entry.fault
-        if _hit(n, fault.timeout_rate):
-            return "timeout", fault
-        if _hit(n, fault.error_rate):
-            return "error", fault
-        if _hit(n, fault.malformed_rate):
-            return "malformed", fault
-        return "ok", fault
+            if _hit(n, fault.timeout_rate):
+                return Decision("timeout", fault)
+            if _hit(n, fault.error_rate):
+                return Decision("error", fault)
+            if _hit(n, fault.malformed_rate):
+                return Decision("malformed", fault)
+            if _hit(n, fault.malformed_body_rate):
+                shape = MALFORMED_BODIES[entry.malformed_bodies % len(MALFORMED_BODIES)]
+                entry.malformed_bodies += 1
+                return Decision("malformed_body", fault, shape)
+        return Decision("ok", fault)
 
     def count(self, model: str, outcome: str) -> None:
         with self._lock:

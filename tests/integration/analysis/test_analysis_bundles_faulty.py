@@ -5,10 +5,13 @@ down in time only, never in thresholds), sends traffic shaped like the service's
 the Service (or the HTTPRoute), and rolls out a new revision carrying a fault made the way it
 happens in production:
 
-- chat-proxy: the new revision points at a new upstream endpoint that fails 30% of the
-  calls with 503 (the proxy answers 502). The example is blue-green: the pre-promotion
-  analysis of the preview, which gets its own share of traffic (half the Service's rate),
-  reverts it by the error-rate indicator (> 10%) before it is ever promoted;
+- chat-proxy: the new revision points at a new upstream endpoint that fails the way the
+  deployment guide says upstreams fail: 15% of the calls answer 503 and another 15% answer
+  200 with a malformed body (JSON cut short, no ``choices``, ``choices: []``, a gateway's HTML
+  page, in turn); the proxy answers 502 to both, 30% of the calls in all. The example is
+  blue-green: the pre-promotion analysis of the preview, which gets its own share of traffic
+  (half the Service's rate), reverts it by the error-rate indicator (> 10%) before it is
+  ever promoted;
 - orchestrator: the new revision registers a third model and turns off two feature flags
   (``FF_MODEL_SELECTION``: ask every registered model instead of the two most confident;
   ``FF_PARALLEL_EXECUTION``: one by one instead of at once), so each cache miss waits for
@@ -117,13 +120,15 @@ FAULTS = [
 
 @contextmanager
 def bad_upstream() -> Iterator[str]:
-    """A second fake upstream, failing 30% of the calls with 503 (a new endpoint that is
-    overloaded or half broken)."""
-    with running_fake_upstream() as url:
-        client = FakeUpstreamClient(url)
-        client.set_fault("*", error_rate=0.3, status_code=503)
-        client.close()
+    """A second fake upstream (a new endpoint that is overloaded or half broken): 15% of the
+    calls fail with 503 and 15% answer 200 with a malformed body. The rates run on the same
+    request index and an error wins a request both hit, so ``malformed_body_rate=0.2``, which
+    shares every 20th request with ``error_rate=0.15``, leaves 15% malformed bodies."""
+    with running_fake_upstream() as url, FakeUpstreamClient(url) as client:
+        client.set_fault("*", error_rate=0.15, status_code=503, malformed_body_rate=0.2)
         yield url
+        # What it answered, by model and outcome (error, malformed, success): pytest -s.
+        print(f"bad upstream answered: {client.stats()}")
 
 
 def finished(stable: str) -> Callable[[JSON], bool]:

@@ -4,7 +4,12 @@ Routes (``/v1/...`` are aliases of ``/api/v1/...`` so the openai SDK works with
 ``base_url=http://host/api/v1`` or ``http://host/v1``):
 
 * ``POST /api/v1/chat/completions``: validated (see :mod:`chat_proxy.validation`),
-  then forwarded with the openai SDK; the upstream's completion is returned as is.
+  then forwarded with the openai SDK; the upstream's completion is returned as is. An
+  upstream 200 whose body is not a chat completion (JSON cut short, no ``choices`` or
+  ``choices: []``, a gateway's HTML page, a field off the API's schema) is a 502
+  ``upstream_error`` (code ``invalid_upstream_answer``) naming what was wrong, counted as an
+  ``error`` in ``model_requests_total`` and ``model_upstream_requests_total`` (see
+  :mod:`chat_proxy.answers`).
 * ``GET /api/v1/models``: the upstream's model list.
 * ``GET /api/v1/health``: the kit's ``/health`` body and status code, plus the fields the
   deployment guide asks for: ``timestamp`` (ISO 8601, UTC), ``models_loaded`` (every
@@ -66,6 +71,7 @@ from modelkit.upstream import (
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
+from chat_proxy.answers import completion_problem, not_a_completion, schema_problem
 from chat_proxy.validation import (
     MAX_IMAGE_BYTES_DEFAULT,
     InvalidRequest,
@@ -222,7 +228,17 @@ def build_app(settings: ChatProxySettings) -> FastAPI:
         metrics = metrics_of(request)
         timeout_s = settings.upstream_timeout_s
         async with metrics.upstream_call_within(model, timeout_s):
-            completion = await client.chat.completions.create(**kwargs, timeout=timeout_s)
+            # The raw answer first: a body that is not a chat completion (cut short, without
+            # choices, a gateway's HTML page) is a 502 naming what was wrong (chat_proxy.answers).
+            raw = await client.chat.completions.with_raw_response.create(**kwargs, timeout=timeout_s)
+            body = raw.http_response.content
+            problem = completion_problem(raw.http_response.headers.get("content-type"), body)
+            if problem is not None:
+                raise not_a_completion(model, problem, body)
+            try:
+                completion = raw.parse()
+            except openai.APIResponseValidationError as error:  # strict: off the API's schema
+                raise not_a_completion(model, schema_problem(error), body) from error
             # Passed on as is, so whatever it holds must be encodable (else a 502, not a 500).
             answer = forwardable(completion.model_dump(mode="json", exclude_unset=True), model=model)
             usage = completion.usage
