@@ -7,12 +7,15 @@ request: like /health and /metrics it stays out of ``model_requests_total``, so 
 dashboard polling it never dilutes the error rate the canary analysis judges.
 
 Health checks: the kit's ``upstream`` (consecutive failed model calls) and
-``data_dir``: degraded while the confidence file cannot be written (answers
-still flow; what is learned is lost on restart). Three more are always ``ok`` and
+``data_dir``: degraded while the confidence file or the performance history
+(:mod:`orchestrator.history`) cannot be written, naming each failure (answers
+still flow; what is learned is lost on restart). Four more are always ``ok`` and
 say what is running, in the kit's shape (``/stats`` has the same as numbers):
 ``cache`` (entries of capacity, TTL, hits and misses), ``models`` (each registered
-model, enabled or disabled) and ``config`` (which settings came from config.json,
-which from the environment).
+model, enabled or disabled), ``history`` (per registered model, the calls the
+performance history holds, counted again from the files at start, and the last
+call's time) and ``config`` (which settings came from config.json, which from the
+environment).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from modelkit.upstream import upstream_client
 
 from orchestrator.confidence import ConfidenceStore
 from orchestrator.config import OrchestratorSettings
+from orchestrator.history import PerformanceHistory
 from orchestrator.service import Orchestrator, QueryRequest
 
 log = logging.getLogger("orchestrator")
@@ -44,6 +48,7 @@ def build_app(settings: OrchestratorSettings) -> FastAPI:
         timeout_s=settings.orch_timeout_s,
     )
     confidence = ConfidenceStore.open(settings.orch_data_dir, settings.models)
+    history = PerformanceHistory.open(settings.orch_data_dir, settings.orch_history_max_bytes)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -54,13 +59,20 @@ def build_app(settings: OrchestratorSettings) -> FastAPI:
 
     app = create_app(settings, service=SERVICE, models=list(settings.models),
                      uncounted_paths=[STATS_PATH], lifespan=lifespan)
-    orchestrator = Orchestrator(settings, app.state.metrics, client, confidence)
+    orchestrator = Orchestrator(settings, app.state.metrics, client, confidence, history)
     app.state.orchestrator = orchestrator
 
     def data_dir_check() -> Check:
+        failures = []
         if orchestrator.last_save_error is not None:
-            return Check.degraded(f"cannot write the confidence file: {orchestrator.last_save_error}")
-        return Check.ok(f"confidence file {confidence.path}")
+            failures.append(f"cannot write the confidence file: {orchestrator.last_save_error}")
+        if orchestrator.last_history_error is not None:
+            failures.append(f"cannot write the performance history: {orchestrator.last_history_error}")
+        if failures:
+            return Check.degraded("; ".join(failures))
+        if not history.enabled:
+            return Check.ok(f"confidence file {confidence.path}; no performance history")
+        return Check.ok(f"confidence file {confidence.path}, performance history {history.path}")
 
     def cache_check() -> Check:
         cache = orchestrator.cache
@@ -79,12 +91,26 @@ def build_app(settings: OrchestratorSettings) -> FastAPI:
             f"{model} ({'disabled' if model in disabled else 'enabled'})" for model in settings.models
         ))
 
+    def history_check() -> Check:
+        if not history.enabled:
+            return Check.ok("disabled (ORCH_HISTORY_MAX_BYTES=0)")
+        recorded = history.summary()
+        parts = []
+        for model in settings.models:
+            entry = recorded.get(model)
+            if entry is None or entry.calls == 0:
+                parts.append(f"{model}: no calls recorded")
+            else:
+                parts.append(f"{model}: {entry.calls} calls recorded, last at {entry.last_call_at}")
+        return Check.ok(f"{'; '.join(parts)} (rotated at {history.max_bytes} bytes)")
+
     def config_check() -> Check:
         return Check.ok(settings.config_sources.describe())
 
     app.state.health_checks["data_dir"] = data_dir_check
     app.state.health_checks["cache"] = cache_check
     app.state.health_checks["models"] = models_check
+    app.state.health_checks["history"] = history_check
     app.state.health_checks["config"] = config_check
 
     @app.post("/query")

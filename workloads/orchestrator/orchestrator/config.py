@@ -19,6 +19,9 @@ Defaults where the design is silent:
   model), ``MAX_QUEUED_REQUESTS`` 64 waiting; any more get 429 with Retry-After.
 * ``ORCH_DISABLED_MODELS`` empty: registered models that are not asked (their price and
   confidence stay known, so switching one back on restores what was learned).
+* ``ORCH_HISTORY_MAX_BYTES`` 10 MiB: the performance history file is rotated to ``.1``
+  before it would pass this size (:mod:`orchestrator.history`); 0 keeps no history, and
+  any other value under 4096 (a handful of lines) is refused as a likely unit mistake.
 
 Settings may also come from a JSON file, usually a mounted ConfigMap
 (:func:`load_orchestrator_settings`): ``ORCH_CONFIG_FILE`` names it; unset, the
@@ -46,6 +49,8 @@ from typing import Any
 from modelkit.settings import ConfigurationError, ServiceSettings
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
+from orchestrator.history import DEFAULT_MAX_BYTES as DEFAULT_HISTORY_MAX_BYTES
+from orchestrator.history import MIN_MAX_BYTES as MIN_HISTORY_MAX_BYTES
 from orchestrator.registry import ConfigError, ModelSpec, parse_models
 
 
@@ -69,6 +74,11 @@ class OrchestratorSettings(ServiceSettings):
     ff_validation: bool = True
     orch_disabled_models: str = Field(
         default="", description="Comma-separated registered model ids that are not asked."
+    )
+    orch_history_max_bytes: int = Field(
+        default=DEFAULT_HISTORY_MAX_BYTES,
+        ge=0,
+        description="Size at which performance_history.jsonl is rotated to .1; 0 keeps no history.",
     )
 
     _registry: dict[str, ModelSpec] = PrivateAttr(default_factory=dict)
@@ -104,6 +114,16 @@ class OrchestratorSettings(ServiceSettings):
                 )
         if set(registered) <= set(disabled):
             raise ValueError("every registered model is disabled; leave at least one enabled")
+        return value
+
+    @field_validator("orch_history_max_bytes")
+    @classmethod
+    def _history_limit_holds_some_lines(cls, value: int) -> int:
+        if 0 < value < MIN_HISTORY_MAX_BYTES:
+            raise ValueError(
+                f"must be 0 (keep no history) or at least {MIN_HISTORY_MAX_BYTES} bytes; it is a "
+                f"size in bytes (the default, {DEFAULT_HISTORY_MAX_BYTES}, is 10 MiB)"
+            )
         return value
 
     @model_validator(mode="after")

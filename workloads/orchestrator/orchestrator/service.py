@@ -14,6 +14,12 @@ Only answered queries are cached. A failed model's ``error`` in ``results`` is t
 kit's fixed message for its class of failure, never the provider's own text (which
 can hold secrets and would be cached and served to every later caller); the
 provider's text is in the log, redacted, under the request id.
+
+Every model call (not a cache hit) is folded into the model's confidence and appended
+as one line to the performance history (:mod:`orchestrator.history`), with the query's
+id and the request's hash, never its prompt. Both files are written off the event loop
+after the calls; failing to write either never fails the query (``last_save_error``,
+``last_history_error`` feed ``/health``).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from orchestrator.cache import TTLCache
 from orchestrator.confidence import ConfidenceStore
 from orchestrator.config import OrchestratorSettings
 from orchestrator.costs import CostLedger
+from orchestrator.history import CallRecord, PerformanceHistory, rfc3339
 from orchestrator.registry import ModelSpec
 from orchestrator.strategy import (
     ModelAnswer,
@@ -74,17 +81,20 @@ class Orchestrator:
         metrics: ServiceMetrics,
         client: openai.AsyncOpenAI,
         confidence: ConfidenceStore,
+        history: PerformanceHistory,
     ) -> None:
         self.settings = settings
         self.registry = settings.models
         self.metrics = metrics
         self.client = client
         self.confidence = confidence
+        self.history = history
         self.cache: TTLCache[dict[str, Any]] = TTLCache(
             settings.orch_cache_ttl_s, settings.orch_cache_max_entries
         )
         self.costs = CostLedger()
         self.last_save_error: str | None = None
+        self.last_history_error: str | None = None
         self.queries = 0
         self.cache_hits = 0
         self.cache_misses = 0
@@ -140,16 +150,20 @@ class Orchestrator:
             top_k=self.settings.orch_select_top_k,
             min_confidence=self.settings.orch_min_confidence,
         )
+        query_id = f"orch-{uuid.uuid4().hex}"
         answers = await self._execute(selected, request)
-        for answer in answers:
-            self.confidence.record(answer.model, answer.accepted)
-        await self._persist_confidence()
+        records = [
+            self._history_record(answer, self.confidence.record(answer.model, answer.accepted),
+                                 query_id=query_id, request_hash=key)
+            for answer in answers
+        ]
+        await asyncio.gather(self._persist_confidence(), self._persist_history(records))
 
         merged = merge_answers(answers, scores, enabled=self.settings.ff_result_merging)
         if merged is None:
             raise self._no_answer_error(answers)
         response: dict[str, Any] = {
-            "id": f"orch-{uuid.uuid4().hex}",
+            "id": query_id,
             "object": "orchestration.result",
             "answer": merged.chosen.text,
             "model": merged.chosen.model,
@@ -225,6 +239,7 @@ class Orchestrator:
             answer.outcome = "error"
             answer.error = f"unexpected {type(error).__name__} from model {spec.id}"
         answer.latency_s = time.perf_counter() - started
+        answer.finished_at = time.time()
         return answer
 
     def _account(self, spec: ModelSpec, completion: Any, answer: ModelAnswer) -> None:
@@ -239,6 +254,7 @@ class Orchestrator:
 
     def _describe(self, answer: ModelAnswer) -> dict[str, Any]:
         described = asdict(answer)
+        del described["finished_at"]
         described["latency_s"] = round(answer.latency_s, 4)
         described["confidence"] = round(self.confidence.confidence(answer.model), 4)
         return described
@@ -261,11 +277,44 @@ class Orchestrator:
         else:
             self.last_save_error = None
 
+    @staticmethod
+    def _history_record(
+        answer: ModelAnswer, confidence: float, *, query_id: str, request_hash: str
+    ) -> CallRecord:
+        return CallRecord(
+            timestamp=rfc3339(answer.finished_at or time.time()),
+            model=answer.model,
+            outcome=answer.outcome,
+            accepted=answer.accepted,
+            latency_s=round(answer.latency_s, 4),
+            cost_usd=round(answer.cost_usd, 10),
+            input_tokens=answer.input_tokens,
+            output_tokens=answer.output_tokens,
+            confidence=round(confidence, 4),
+            error=answer.error,
+            query_id=query_id,
+            request_hash=request_hash,
+        )
+
+    async def _persist_history(self, records: Sequence[CallRecord]) -> None:
+        # Bookkeeping too: a read-only volume or a full disk must not fail the query.
+        if not self.history.enabled or not records:
+            return
+        try:
+            await asyncio.to_thread(self.history.append, records)
+        except (OSError, ValueError) as error:  # ValueError: a value JSON cannot hold
+            if self.last_history_error is None:
+                log.error("cannot write the performance history: %s", error)
+            self.last_history_error = str(error)
+        else:
+            self.last_history_error = None
+
     # --- /stats ----------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
         lookups = self.cache_hits + self.cache_misses
         snapshot = self.confidence.snapshot()
+        history = self.history.summary()
         models: dict[str, Any] = {}
         for model_id, spec in self.registry.items():
             entry = snapshot.models.get(model_id)
@@ -274,6 +323,8 @@ class Orchestrator:
                 "confidence": round(entry.confidence, 4) if entry else None,
                 "successes": entry.successes if entry else 0,
                 "failures": entry.failures if entry else 0,
+                "history_calls": history[model_id].calls if model_id in history else 0,
+                "last_call_at": history[model_id].last_call_at if model_id in history else None,
                 "input_usd_per_million": spec.input_usd_per_million,
                 "output_usd_per_million": spec.output_usd_per_million,
             }

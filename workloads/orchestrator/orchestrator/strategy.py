@@ -41,6 +41,8 @@ class ModelAnswer:
     cost_usd: float = 0.0
     latency_s: float = 0.0
     error: str | None = None
+    # Unix time the call ended (the service's bookkeeping; not part of a query's results).
+    finished_at: float = field(default=0.0, compare=False)
 
     @property
     def accepted(self) -> bool:
