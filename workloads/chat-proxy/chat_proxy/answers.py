@@ -35,11 +35,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
+import pydantic
 from modelkit.errors import ServiceError, upstream_error
 from modelkit.jsonbody import is_json_content_type
 from modelkit.logs import redact
+from modelkit.upstream import forwardable
+from openai.types.chat import ChatCompletion
 
 log = logging.getLogger("chat_proxy.answers")
 
@@ -62,15 +66,58 @@ def _shown_media_type(content_type: str | None) -> str:
     return media_type if _MEDIA_TYPE.match(media_type) else "unknown"
 
 
-def completion_problem(content_type: str | None, body: bytes) -> str | None:
-    """What makes a 2xx body not a chat completion, in the words of the module's table, or
-    None when it is shaped like one (the SDK's strict validation checks the rest)."""
+@dataclass(frozen=True)
+class Completion:
+    """An upstream answer that is a chat completion: its body, passed on byte for byte, and
+    the token counts the metrics need."""
+
+    body: bytes
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+def read_completion(model: str, content_type: str | None, body: bytes) -> Completion:
+    """The upstream's 2xx answer as a :class:`Completion`, or the 502 naming what is wrong
+    (the module's table). Parsed once: the proxy answers the upstream's own bytes rather
+    than re-encoding what it parsed (faster, and the caller gets exactly what was sent)."""
+    problem, data = _decoded(content_type, body)
+    problem = problem or _shape_problem(data)
+    if problem is not None:
+        raise not_a_completion(model, problem, body)
     try:
-        data: Any = json.loads(body)
+        completion = ChatCompletion.model_validate(data)
+    except pydantic.ValidationError as error:  # what the SDK's strict validation refuses
+        raise not_a_completion(model, schema_problem(error), body) from error
+    # Numbers beyond the float range and lone surrogates are JSON, yet no client can rely
+    # on them: the kit's 502, as for every service passing an answer on.
+    forwardable(data, model=model)
+    usage = completion.usage
+    return Completion(body, usage.prompt_tokens if usage else None,
+                      usage.completion_tokens if usage else None)
+
+
+def completion_problem(content_type: str | None, body: bytes) -> str | None:
+    """What makes a 2xx body not shaped like a chat completion, in the words of the
+    module's table, or None (the schema's validation checks the rest)."""
+    problem, data = _decoded(content_type, body)
+    return problem or _shape_problem(data)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _decoded(content_type: str | None, body: bytes) -> tuple[str | None, Any]:
+    try:
+        # NaN and Infinity literals are Python's, not JSON: a client's parser refuses them.
+        return None, json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         if is_json_content_type(content_type):
-            return "not valid JSON (cut short or garbled)"
-        return f"content type {_shown_media_type(content_type)}, not JSON"
+            return "not valid JSON (cut short or garbled)", None
+        return f"content type {_shown_media_type(content_type)}, not JSON", None
+
+
+def _shape_problem(data: Any) -> str | None:
     if not isinstance(data, dict):
         return "not a JSON object"
     if "choices" not in data:
@@ -83,28 +130,21 @@ def completion_problem(content_type: str | None, body: bytes) -> str | None:
     return None
 
 
-def schema_problem(error: BaseException) -> str:
-    """The problem named by the SDK's strict validation (an ``APIResponseValidationError``
-    caused by pydantic's ``ValidationError``): the first bad field's path, schema names and
-    list indices only."""
-    cause = error.__cause__
-    errors = getattr(cause, "errors", None)
-    if callable(errors):
-        try:
-            first = errors()[0]
-        except (IndexError, TypeError):
-            first = None
-        if isinstance(first, dict):
-            parts: list[str] = []
-            for part in first.get("loc", ()):
-                if isinstance(part, int):
-                    parts.append(f"[{part}]")
-                elif isinstance(part, str) and _FIELD_NAME.match(part):
-                    parts.append(("." if parts else "") + part)
-                else:
-                    break  # pydantic's union branch names and the like: stop at the field
-            if parts:
-                return f"{''.join(parts)}: off the API's schema"
+def schema_problem(error: pydantic.ValidationError) -> str:
+    """The problem named by the schema's validation: the first bad field's path, schema
+    names and list indices only."""
+    errors = error.errors()
+    if errors:
+        parts: list[str] = []
+        for part in errors[0].get("loc", ()):
+            if isinstance(part, int):
+                parts.append(f"[{part}]")
+            elif isinstance(part, str) and _FIELD_NAME.match(part):
+                parts.append(("." if parts else "") + part)
+            else:
+                break  # pydantic's union branch names and the like: stop at the field
+        if parts:
+            return f"{''.join(parts)}: off the API's schema"
     return "off the API's schema"
 
 

@@ -54,16 +54,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import httpx
 import openai
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from modelkit.app import create_app, metrics_of
 from modelkit.errors import invalid_request
 from modelkit.health import Check, run_checks
 from modelkit.jsonbody import request_json
 from modelkit.settings import ServiceSettings
 from modelkit.upstream import (
-    forwardable,
     service_error_from_openai,
     upstream_client,
     upstream_deadline,
@@ -71,7 +71,7 @@ from modelkit.upstream import (
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from chat_proxy.answers import completion_problem, not_a_completion, schema_problem
+from chat_proxy.answers import read_completion
 from chat_proxy.validation import (
     MAX_IMAGE_BYTES_DEFAULT,
     InvalidRequest,
@@ -218,7 +218,7 @@ def build_app(settings: ChatProxySettings) -> FastAPI:
     )
     limits = ValidationLimits(max_image_bytes=settings.max_image_bytes)
 
-    async def chat_completions(request: Request) -> JSONResponse:
+    async def chat_completions(request: Request) -> Response:
         try:
             chat = parse_chat_request(await request_json(request), limits)
         except InvalidRequest as error:
@@ -228,25 +228,18 @@ def build_app(settings: ChatProxySettings) -> FastAPI:
         metrics = metrics_of(request)
         timeout_s = settings.upstream_timeout_s
         async with metrics.upstream_call_within(model, timeout_s):
-            # The raw answer first: a body that is not a chat completion (cut short, without
-            # choices, a gateway's HTML page) is a 502 naming what was wrong (chat_proxy.answers).
-            raw = await client.chat.completions.with_raw_response.create(**kwargs, timeout=timeout_s)
-            body = raw.http_response.content
-            problem = completion_problem(raw.http_response.headers.get("content-type"), body)
-            if problem is not None:
-                raise not_a_completion(model, problem, body)
-            try:
-                completion = raw.parse()
-            except openai.APIResponseValidationError as error:  # strict: off the API's schema
-                raise not_a_completion(model, schema_problem(error), body) from error
-            # Passed on as is, so whatever it holds must be encodable (else a 502, not a 500).
-            answer = forwardable(completion.model_dump(mode="json", exclude_unset=True), model=model)
-            usage = completion.usage
-            if usage is not None:
+            # The SDK's plain POST (its documented way to send a body as is): the body is
+            # validated already (parse_chat_request), and the typed create() would walk it
+            # again to transform it, the largest share of the proxy's own time per request.
+            raw = await client.post("/chat/completions", body=kwargs, cast_to=httpx.Response,
+                                    options={"timeout": timeout_s})
+            # A body that is not a chat completion is a 502 naming what was wrong.
+            completion = read_completion(model, raw.headers.get("content-type"), raw.content)
+            if completion.prompt_tokens is not None and completion.completion_tokens is not None:
                 # Labelled by the requested model (as the upstream call was), not the snapshot
                 # id the upstream may answer with, so the metrics of one request line up.
-                metrics.record_usage(model, usage.prompt_tokens, usage.completion_tokens)
-        return JSONResponse(answer)
+                metrics.record_usage(model, completion.prompt_tokens, completion.completion_tokens)
+        return Response(completion.body, media_type="application/json")
 
     async def list_models() -> JSONResponse:
         # Not counted in model_upstream_requests_total: its model label is for chat models.
