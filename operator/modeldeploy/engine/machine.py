@@ -45,7 +45,11 @@ Choices where the issue and DESIGN.md are silent:
 - Analysis inconclusive past its limit (with onInconclusive: pause): the rollout is held
   (phase Paused) and analysis keeps measuring; the first conclusive round (no gate
   inconclusive, e.g. Prometheus answers again) releases the hold by itself, and the step
-  goes on counting from that round, as Flagger resumes when metrics come back.
+  goes on counting from that round, as Flagger resumes when metrics come back. Not while
+  the canary's pods are not all ready: such a canary serves few requests or none, so
+  neither a hold nor onInconclusive: rollback acts on those rounds, and progressDeadline
+  decides (a crash-looping canary is reverted, not held forever; breaches and failed gates
+  still act).
 - Known-good revision (history holds it as Promoted, e.g. a `git revert`): every
   pause, analysis and blue-green await step is skipped and so is the bake; each
   setWeight step still waits for readiness and a verified weight, and rollback
@@ -628,7 +632,11 @@ class _Tick:
                 return True
             self.hold("analysisFailed", message, "rollback.automatic is off: "
                       "`modeldeploy abort` reverts, `modeldeploy promote` goes on")
-        elif report.inconclusive_exceeded is not None:
+        elif report.inconclusive_exceeded is not None and self.canary_pods_ready():
+            # Not while the canary's pods are not ready: a canary with no ready pod serves no
+            # request, so its rounds are inconclusive by construction, and a hold would stop
+            # progressDeadline (a crash-looping canary held forever), as onInconclusive:
+            # rollback would revert a model still loading. The deadline decides.
             message = f"analysis inconclusive: {report.inconclusive_exceeded.describe()}"
             if analysis is not None and analysis.on_inconclusive == "rollback":
                 self.revert(Phase.ROLLED_BACK, "AnalysisInconclusive", message, "RolledBack")
@@ -824,8 +832,7 @@ class _Tick:
         deployments = self.observation.deployments
         canary = deployments.get(status.canary_revision or "")
         stable = deployments.get(status.stable_revision or "")
-        canary_ok = canary.is_ready_at(canary_replicas) if canary else canary_replicas == 0
-        if not canary_ok:
+        if not self.canary_pods_ready():
             ready = canary.ready_replicas if canary else 0
             reason = canary.not_ready_reason if canary else None
             track = "green" if self.blue_green else "canary"
@@ -842,6 +849,12 @@ class _Tick:
                 self.waiting_for = unserved
                 return False
         return True
+
+    def canary_pods_ready(self) -> bool:
+        """Whether the canary (green) has as many ready pods as the current step plans."""
+        canary_replicas = self.plan()[0]
+        canary = self.observation.deployments.get(self.status.canary_revision or "")
+        return canary.is_ready_at(canary_replicas) if canary else canary_replicas == 0
 
     def planned_split(self) -> ServedSplit:
         """What the data plane should serve now, in the router's terms (see ServedSplit)."""
