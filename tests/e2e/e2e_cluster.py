@@ -6,6 +6,7 @@ Nothing here knows the local sandbox."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 import time
@@ -285,28 +286,34 @@ class Cluster:
 
     @contextmanager
     def traffic(
-        self, namespace: str, service: str, port: str, path: str, make_body: Callable[[int], Body]
+        self, namespace: str, service: str, port: str, path: str, make_body: Callable[[int], Body],
+        workers: int = 2,
     ) -> Iterator[dict[int, int]]:
-        """Send requests back to back until the block ends; yields status-code counts."""
+        """Send requests back to back from `workers` threads until the block ends; yields
+        status-code counts. ``make_body(n)`` gets n = 1, 2, 3... counted over all the workers,
+        so a body distinct for each n is never sent twice."""
         stop = threading.Event()
         counts: dict[int, int] = {}
+        lock = threading.Lock()
+        numbers = itertools.count(1)
 
         def send() -> None:
-            n = 0
             with self._http() as http:
                 while not stop.is_set():
-                    n += 1
+                    with lock:
+                        n = next(numbers)
                     code = self.proxy(namespace, service, port, "POST", path, make_body(n), http)
-                    counts[code] = counts.get(code, 0) + 1
+                    with lock:
+                        counts[code] = counts.get(code, 0) + 1
 
-        workers = [threading.Thread(target=send, daemon=True) for _ in range(2)]
-        for worker in workers:
+        threads = [threading.Thread(target=send, daemon=True) for _ in range(workers)]
+        for worker in threads:
             worker.start()
         try:
             yield counts
         finally:
             stop.set()
-            for worker in workers:
+            for worker in threads:
                 worker.join(timeout=90)
 
     # -- watching ---------------------------------------------------------------------------

@@ -103,6 +103,12 @@ def song_analyzer(namespace: str, model: str) -> Body:
     return body
 
 
+def reverted(obj: Body) -> bool:
+    """Settled, and a revert done: a reverted canary serves until stable's pods are ready
+    again (status.revertingFrom), so its weight is 0 only then."""
+    return settled(obj) and not (obj.get("status") or {}).get("revertingFrom")
+
+
 def song(n: int) -> Body:
     """A distinct song per request, so the service's cache never answers for the upstream."""
     return {"artist": "e2e", "title": f"song {n}", "lyrics": f"verse {n}\nchorus {n}"}
@@ -149,7 +155,8 @@ def test_a_new_revision_whose_upstream_fails_is_rolled_back_on_its_own(
     assert code == 200, "the fake upstream refused the fault"
     with cluster.traffic(namespace, NAME, "http", "analyze", song):
         cluster.update_container_env(namespace, NAME, {"LLM_MODEL": SONGS_BROKEN})
-        done = cluster.wait_for_model_deployment(namespace, NAME, settled)
+        # Settled, and the revert done: the canary serves until stable's pods are back.
+        done = cluster.wait_for_model_deployment(namespace, NAME, reverted)
     status = done["status"]
     assert phase(done) == "RolledBack", status
     assert status["stableRevision"] == old, "the stable revision must not change"
@@ -169,7 +176,8 @@ def test_abort_puts_all_traffic_on_stable_and_retry_starts_again(
     )
     canary = paused["status"]["canaryRevision"]
     modeldeploy(cluster, namespace, "abort", NAME)
-    aborted = cluster.wait_for_model_deployment(namespace, NAME, lambda o: phase(o) == "Degraded")
+    aborted = cluster.wait_for_model_deployment(
+        namespace, NAME, lambda o: phase(o) == "Degraded" and reverted(o))
     assert aborted["status"]["stableRevision"] == old
     assert not aborted["status"].get("canaryWeight")
     assert cluster.deployments_of(namespace, NAME)[canary].spec.replicas == 0
