@@ -147,11 +147,18 @@ class Batcher:
     def _running(self) -> list[_Request]:
         return self._decoder.tags()
 
-    def close(self) -> None:
-        """Stop the worker; queued requests fail, the batch in progress is abandoned."""
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the worker; queued requests fail, the batch in progress is abandoned.
+
+        Waits (up to ``timeout_s``: at most the step in progress) for the worker to end, so
+        that nothing runs torch code while the interpreter exits: a daemon thread caught
+        in a torch call at exit aborts the process ("terminate called without an active
+        exception", seen at the end of a benchmark)."""
         with self._wake:
             self._closed = True
             self._wake.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
 
     # --- the worker -----------------------------------------------------------------------
 
