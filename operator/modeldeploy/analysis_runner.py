@@ -16,6 +16,17 @@ and built anew only when the provider's settings or the Secrets it reads change,
 rotated token takes effect at the next round. A CA bundle from a Secret is written
 once per distinct content, into a directory the runner owns and removes at exit.
 
+Rollback indicators between rounds (the fast path): an indicator exists to revert at once,
+so it is also checked at the scrape interval (``prometheus.scrapeInterval``, else read
+from Prometheus' targets API, trusted for ``SCRAPE_INTERVALS_TTL``) over the shortest
+window that holds two samples (two scrape intervals), while gates keep
+``analysis.interval``. A check between rounds queries the indicators and the canary's
+model requests only; it acts only on a breach (a passing check writes nothing, so it
+costs no API request), and only when the canary answered at least
+``analysis.indicatorMinRequests`` model requests in that window: on fewer, one unlucky
+request would be a breach, so the analysis rounds alone judge. Where two scrape intervals
+are not shorter than ``analysis.interval``, the rounds are as fast and nothing more runs.
+
 The provider's address must be one the operator is allowed to query
 (:class:`~modeldeploy.providers.ProviderAddresses`): the controller refuses a spec naming
 another when it validates it (:meth:`AnalysisRunner.refusals`), and the runner checks
@@ -40,10 +51,14 @@ from modeldeploy.analysis.evaluate import INDICATOR_SUFFIX, evaluate
 from modeldeploy.analysis.report import AnalysisReport, AnalysisRequest
 from modeldeploy.kube.client import KubeClient
 from modeldeploy.measurement import Measurement, NoData, QueryResult
-from modeldeploy.providers import MetricProvider, ProviderAddresses, provider_for
+from modeldeploy.providers import MetricProvider, ProviderAddresses, ResourceKey, provider_for
 
 # Distinct provider configurations kept at once; the oldest goes first beyond this.
 MAX_PROVIDERS = 64
+# How long scrape intervals read from a provider are trusted; a resource not found is
+# looked up again after RESCAN_MISSING (its pods may not have been discovered yet).
+SCRAPE_INTERVALS_TTL = dt.timedelta(minutes=5)
+RESCAN_MISSING = dt.timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -109,9 +124,11 @@ def judge_round(
     canary: dict[str, QueryResult],
     stable: dict[str, QueryResult],
     now: dt.datetime,
+    checks: tuple[list[presets.MetricCheck], list[presets.IndicatorCheck]] | None = None,
 ) -> AnalysisReport:
-    """One round's report from the answers to :meth:`AnalysisRunner._run`'s queries."""
-    gates, indicators = presets.resolve(analysis)
+    """One round's report from the answers to :meth:`AnalysisRunner._run`'s queries
+    (``checks``: the gates and indicators judged; all of the analysis' by default)."""
+    gates, indicators = checks if checks is not None else presets.resolve(analysis)
     if not request.stable_serves_traffic:
         relative = [g.name for g in gates if g.relative_to_stable is not None] + [
             i.metric + INDICATOR_SUFFIX for i in indicators if i.relative_to_stable is not None
@@ -120,6 +137,35 @@ def judge_round(
     report = evaluate(request, gates, indicators, canary, stable, status.analysis,
                       analysis.no_data, now)
     return keep_stable_baselines(report, status.analysis, request.stable_serves_traffic)
+
+
+def fast_window(analysis: s.Analysis, scrape: dt.timedelta | None) -> dt.timedelta | None:
+    """The window rollback indicators are checked over between rounds, or None when there
+    is no fast path: the scrape interval is unknown, or two of them are not shorter than
+    ``analysis.interval`` (the rounds are then as fast)."""
+    if scrape is None or scrape <= dt.timedelta(0):
+        return None
+    window = 2 * scrape
+    return window if window < s.parse_duration(analysis.interval) else None
+
+
+def window_text(window: dt.timedelta) -> str:
+    """A PromQL range (whole milliseconds: PromQL takes no fractions)."""
+    return f"{round(window.total_seconds() * 1000)}ms"
+
+
+def fast_breach(
+    report: AnalysisReport, requests: float, window: dt.timedelta
+) -> AnalysisReport | None:
+    """The report of a check between rounds, worded as one, if it found a breach."""
+    if report.breach is None:
+        return None
+    over = (f"over the last {window.total_seconds():g}s ({requests:.0f} model requests), "
+            "checked between analysis rounds")
+    metrics = tuple(m.model_copy(update={"message": f"{m.message}; {over}"}) for m in report.metrics)
+    breach = dataclasses.replace(report.breach, window=over)
+    return dataclasses.replace(report, metrics=metrics, breach=breach,
+                               summary=f"{breach.describe()}")
 
 
 class AnalysisRunner:
@@ -135,27 +181,120 @@ class AnalysisRunner:
         self._query_slots = asyncio.Semaphore(max_concurrent_queries)
         self._providers: dict[tuple[str, _Secrets], MetricProvider] = {}
         self._ca_dir = tempfile.TemporaryDirectory(prefix="modeldeploy-ca-")
+        # The fast path's memory, by resource; lost on restart (a check then runs at once).
+        # By provider configuration (one lookup serves every resource that names it).
+        self._scrape_intervals: dict[str, tuple[dt.datetime, dict[ResourceKey, dt.timedelta]]] = {}
+        self._scrape_every: dict[ResourceKey, dt.timedelta | None] = {}
+        self._indicators_checked: dict[ResourceKey, dt.datetime] = {}
+        # The Secrets read by the last round: checks between rounds reuse them (a Secret
+        # read per scrape interval would be an API request at that rate); rounds read anew.
+        self._round_secrets: dict[ResourceKey, _Secrets] = {}
+
+    def forget(self, namespace: str, name: str) -> None:
+        """A deleted resource: drop what the fast path kept for it."""
+        key = (namespace, name)
+        for kept in (self._scrape_every, self._indicators_checked, self._round_secrets):
+            kept.pop(key, None)
 
     async def measure(
         self, md: s.ModelDeployment, status: s.ModelDeploymentStatus, now: dt.datetime
     ) -> AnalysisReport | None:
+        """A round's report when one is due; else a check of the rollback indicators
+        between rounds, reported only when it found a breach; else None."""
         analysis = md.spec.analysis
         if analysis is None:
             return None
         request = engine.analysis_request(md.spec, status, now)
-        if request is None or not round_due(md.spec, status, now):
+        if request is None:
             return None
         refused = self.refusals(md.spec)
         if refused:  # the controller refuses such a spec first: never reached, never sent
             raise ValueError("; ".join(refused))
+        key = (md.metadata.namespace, md.metadata.name)
         gates, indicators = presets.resolve(analysis)
-        provider = self._provider(analysis.provider, await self._secrets(md))
-        canary, stable = await self._run(md, request, provider, gates, indicators)
-        report = judge_round(analysis, status, request, canary, stable, now)
+        if not round_due(md.spec, status, now):
+            return await self._check_indicators(md, status, request, indicators, now)
+        secrets = self._round_secrets[key] = await self._secrets(md)
+        provider = self._provider(analysis.provider, secrets)
+        canary, stable = await self._run(md, request, provider, gates, indicators, analysis.interval)
+        report = judge_round(analysis, status, request, canary, stable, now, (gates, indicators))
+        self._count(md, report)
+        if indicators:
+            self._indicators_checked[key] = now
+            await self._learn_scrape_interval(md, provider, now)
+        return report
+
+    async def _check_indicators(
+        self,
+        md: s.ModelDeployment,
+        status: s.ModelDeploymentStatus,
+        request: AnalysisRequest,
+        indicators: list[presets.IndicatorCheck],
+        now: dt.datetime,
+    ) -> AnalysisReport | None:
+        """The fast path (see the module docstring)."""
+        analysis = md.spec.analysis
+        assert analysis is not None
+        key = (md.metadata.namespace, md.metadata.name)
+        window = fast_window(analysis, self._scrape_every.get(key))
+        last = self._indicators_checked.get(key)
+        if not indicators or window is None or (last is not None and now - last < window / 2):
+            return None
+        self._indicators_checked[key] = now
+        secrets = self._round_secrets.get(key) or await self._secrets(md)
+        provider = self._provider(analysis.provider, secrets)
+        canary, stable = await self._run(md, request, provider, [presets.TRAFFIC_GUARD_CHECK],
+                                         indicators, window_text(window))
+        answered = canary.get(presets.TRAFFIC_GUARD)
+        requests = answered.value * window.total_seconds() if isinstance(answered, Measurement) else 0.0
+        if requests < analysis.indicator_min_requests:
+            return None  # too few requests to tell a fault from one unlucky answer
+        report = judge_round(analysis, status, request, canary, stable, now, ([], indicators))
+        breach = fast_breach(report, requests, window)
+        if breach is not None:
+            self._count(md, breach)
+        return breach
+
+    def indicator_check_in(
+        self, md: s.ModelDeployment, status: s.ModelDeploymentStatus, now: dt.datetime
+    ) -> float | None:
+        """Seconds until the rollback indicators are next checked between rounds, for the
+        work queue; None when they are not (no analysis now, no indicators, no fast path)."""
+        analysis = md.spec.analysis
+        key = (md.metadata.namespace, md.metadata.name)
+        window = None if analysis is None else fast_window(analysis, self._scrape_every.get(key))
+        if window is None or engine.analysis_request(md.spec, status, now) is None:
+            return None
+        last = self._indicators_checked.get(key)
+        due = now if last is None else last + window / 2
+        return max(0.0, (due - now).total_seconds())
+
+    async def _learn_scrape_interval(
+        self, md: s.ModelDeployment, provider: MetricProvider, now: dt.datetime
+    ) -> None:
+        """The resource's scrape interval: declared in the provider, else the provider's
+        answer (one lookup per provider for every resource, kept SCRAPE_INTERVALS_TTL)."""
+        assert md.spec.analysis is not None
+        key = (md.metadata.namespace, md.metadata.name)
+        declared = md.spec.analysis.provider.prometheus
+        if declared is not None and declared.scrape_interval is not None:
+            self._scrape_every[key] = s.parse_duration(declared.scrape_interval)
+            return
+        where = md.spec.analysis.provider.model_dump_json()
+        cached = self._scrape_intervals.get(where)
+        if cached is None or now - cached[0] >= SCRAPE_INTERVALS_TTL or (
+                key not in cached[1] and now - cached[0] >= RESCAN_MISSING):
+            found = await provider.scrape_intervals()
+            cached = (now, found or {})
+            if where not in self._scrape_intervals and len(self._scrape_intervals) >= MAX_PROVIDERS:
+                self._scrape_intervals.pop(next(iter(self._scrape_intervals)))
+            self._scrape_intervals[where] = cached
+        self._scrape_every[key] = cached[1].get(key)
+
+    def _count(self, md: s.ModelDeployment, report: AnalysisReport) -> None:
         for metric in report.metrics:
             metrics.MEASUREMENTS.labels(md.metadata.namespace, md.metadata.name, metric.name,
                                         metric.verdict.value).inc()
-        return report
 
     async def _run(
         self,
@@ -164,12 +303,13 @@ class AnalysisRunner:
         provider: MetricProvider,
         gates: list[presets.MetricCheck],
         indicators: list[presets.IndicatorCheck],
+        window: str,
     ) -> tuple[dict[str, QueryResult], dict[str, QueryResult]]:
-        assert md.spec.analysis is not None
+        """Each check's query for the canary (and stable, for relative checks) over ``window``."""
         context = promql.QueryContext(
             name=md.metadata.name, namespace=md.metadata.namespace, revision=request.revision,
             stable_revision=request.stable_revision or request.revision,
-            interval=md.spec.analysis.interval,
+            interval=window,
         )
         stable_context = promql.QueryContext(
             name=context.name, namespace=context.namespace,

@@ -20,7 +20,9 @@ Killed between 5 and 6, the next tick sees the old status and the new objects, a
 engine (idempotent) decides the same thing again: no step is skipped or done twice.
 
 Scheduling (``modeldeploy.workqueue``): a resource is queued by a watch event on itself or
-on an object it owns, by the engine's ``requeue_after``, by a retry after a failure
+on an object it owns, by the engine's ``requeue_after``, by the analysis runner's next check
+of the rollback indicators between rounds (at the scrape interval, while a rollout is
+analysed), by a retry after a failure
 (exponential back-off per resource, reset on success) and by the periodic resync
 (``MODELDEPLOY_RESYNC_SECONDS``, default 10 min), which runs in a lower lane than due work.
 A bounded number of workers process the queue; one resource is never ticked twice at once.
@@ -347,6 +349,7 @@ class RolloutController:
         body = self._kube.get_model_deployment(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             metrics.forget(namespace, name)
+            self._analysis.forget(namespace, name)
             return None
         now = _utcnow()
         generation = int(body["metadata"].get("generation") or 0)
@@ -402,6 +405,10 @@ class RolloutController:
             # Reported in status (progressDeadline keeps counting); retried with back-off.
             raise ActionsFailed(failure.message)
         after = None if decision.requeue_after is None else decision.requeue_after.total_seconds()
+        # Rollback indicators are also checked between analysis rounds (analysis_runner).
+        check_in = self._analysis.indicator_check_in(md, decided, now)
+        if check_in is not None:
+            after = check_in if after is None else min(after, check_in)
         if blocked:
             # An unlabelled object in the way is not watched: look again for it to be gone.
             after = min(after or CONFLICT_RETRY_SECONDS, CONFLICT_RETRY_SECONDS)

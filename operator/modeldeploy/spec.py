@@ -532,6 +532,12 @@ class PrometheusProvider(Model):
     )
     insecure_skip_verify: bool = False
     ca_secret: SecretKeyRef | None = Field(None, description="Secret holding a PEM CA bundle.")
+    scrape_interval: Duration | None = Field(
+        None,
+        description="How often this Prometheus scrapes the model service's pods. Rollback "
+        "indicators are checked at this cadence between analysis rounds. Unset: read from "
+        "Prometheus' targets API (the slowest interval among the resource's pods).",
+    )
 
 
 _PROVIDER_KINDS = ["prometheus"]
@@ -567,6 +573,12 @@ class Analysis(Model):
     )
     on_inconclusive: Literal["pause", "rollback"] = Field(
         "pause", description="What to do once inconclusiveLimit is exceeded."
+    )
+    indicator_min_requests: int = Field(
+        20, ge=1, le=100000,
+        description="Model requests the canary must have answered in the short window "
+        "(two scrape intervals) before a rollback indicator checked between analysis rounds "
+        "may revert it; fewer, and only the analysis rounds judge the indicators.",
     )
 
     @model_validator(mode="after")

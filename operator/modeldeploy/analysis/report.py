@@ -41,11 +41,14 @@ class Breach:
     value: float | None
     threshold: str
     revision: str
+    # Set when found between analysis rounds: the short window and its request count.
+    window: str | None = None
 
     def describe(self) -> str:
         value = "no value" if self.value is None else f"{self.value:g}"
+        over = f" {self.window}" if self.window else ""
         return (
-            f"rollback indicator {self.metric} = {value} breached {self.threshold} "
+            f"rollback indicator {self.metric} = {value} breached {self.threshold}{over} "
             f"(revision {self.revision})"
         )
 

@@ -13,6 +13,7 @@ spec is validated: no request, no token, nothing reflected.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -21,10 +22,17 @@ from typing import Any, Protocol
 from modeldeploy import spec as s
 from modeldeploy.measurement import QueryResult
 
+# A ModelDeployment, as (namespace, name).
+ResourceKey = tuple[str, str]
+
 
 class MetricProvider(Protocol):
     async def query(self, promql: str) -> QueryResult:
         """Evaluate ``promql`` now; one series expected."""
+
+    async def scrape_intervals(self) -> dict[ResourceKey, dt.timedelta] | None:
+        """How often each ModelDeployment's pods are scraped (the slowest of its pods), by
+        resource; None when the provider cannot tell. Never raises."""
 
 
 ProviderFactory = Callable[[Any, "ProviderSecrets"], MetricProvider]

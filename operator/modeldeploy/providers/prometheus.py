@@ -35,7 +35,7 @@ import httpx
 from modeldeploy import spec as s
 from modeldeploy.measurement import Measurement, NoData, QueryError, QueryResult
 from modeldeploy.messages import REFLECTED_MAX, bounded
-from modeldeploy.providers import ProviderSecrets, register
+from modeldeploy.providers import ProviderSecrets, ResourceKey, register
 
 RETRIES = 2
 # Series named in a "several series" error, each cut to this many bytes of labels.
@@ -144,6 +144,45 @@ class PrometheusProvider:
                 return QueryError(f"unexpected answer from Prometheus: {reflected(text)}", _utcnow())
             return interpret(result, _utcnow())
         return QueryError(f"Prometheus at {self.address} unreachable: {reflected(last_error)}", _utcnow())
+
+    async def scrape_intervals(self) -> dict[ResourceKey, dt.timedelta] | None:
+        """From the targets API (active targets only), within the provider's timeout; None
+        on any failure: the indicators are then judged at analysis rounds only."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await self._client.get(f"{self.address}/api/v1/targets",
+                                                  params={"state": "active"})
+            if response.status_code != 200:
+                return None
+            return scrape_intervals_of(response.json().get("data"))
+        except (TimeoutError, httpx.HTTPError, ValueError, AttributeError):
+            return None
+
+
+def scrape_intervals_of(targets: Any) -> dict[ResourceKey, dt.timedelta]:
+    """The slowest scrape interval per ModelDeployment, from ``/api/v1/targets``' data.
+
+    A target belongs to a resource by the labels the metric contract relabels every model
+    pod's series with (``namespace``, ``modeldeploy_name``); other targets are ignored, and
+    so is an interval this parser cannot read (days, weeks: no fast path for those).
+    """
+    found: dict[ResourceKey, dt.timedelta] = {}
+    active = targets.get("activeTargets") if isinstance(targets, dict) else None
+    for target in active if isinstance(active, list) else []:
+        labels = target.get("labels") if isinstance(target, dict) else None
+        if not isinstance(labels, dict):
+            continue
+        namespace, name = labels.get("namespace"), labels.get("modeldeploy_name")
+        interval = target.get("scrapeInterval")
+        if not (isinstance(namespace, str) and isinstance(name, str) and isinstance(interval, str)):
+            continue
+        try:
+            every = s.parse_duration(interval)
+        except ValueError:
+            continue
+        key = (namespace, name)
+        found[key] = max(found.get(key, every), every)
+    return found
 
 
 def _utcnow() -> dt.datetime:

@@ -1,0 +1,102 @@
+"""Rollback indicators are checked at the scrape interval, not only at analysis rounds.
+
+The analysis interval here is a minute: the gates measure once a minute, as users run
+them. The sandbox's Prometheus scrapes every second and says so in its targets API
+(nothing in the spec declares it), so the indicators are also checked every second over
+a 2 s window. A canary whose model starts failing half its answers after the first
+round is reverted by the error-rate indicator within seconds, long before the next
+gate round is due, and its status says the breach was found between rounds.
+
+The control: with ``indicatorMinRequests`` above what the short window holds, the checks
+between rounds never act, and the same fault is reverted by the next gate round (its
+interval shortened to 20 s to keep the test short).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from analysis_support import (
+    SONG_V1,
+    SONG_V2,
+    apply,
+    condition,
+    metric_status,
+    parse_stamp,
+    song_analyzer,
+    wait_canary,
+    wait_stable,
+    wait_status,
+)
+from fakeupstream import FakeUpstreamClient
+from mdsandbox.sandbox import Sandbox
+from mdsandbox.testing import KubeAPI
+from mdsandbox.traffic import TrafficGenerator, song_request
+from operator_process import OperatorProcess
+
+pytestmark = pytest.mark.integration
+NAME = "songs-fast"
+GATES = ("error-rate", "latency-p95", "cost-per-request")
+
+
+def manifest(sandbox: Sandbox, namespace: str, model: str, tag: str, interval_s: int,
+             min_requests: int) -> dict[str, Any]:
+    md = song_analyzer(NAME, namespace, sandbox, model=model, tag=tag,
+                       steps=[{"setWeight": 50}, {"pause": {}}])
+    md["spec"]["analysis"]["interval"] = f"{interval_s}s"
+    md["spec"]["analysis"]["indicatorMinRequests"] = min_requests
+    return md
+
+
+@pytest.mark.parametrize(("interval_s", "min_requests", "between_rounds"), [
+    # 6 requests/s reach the canary: about 12 in a 2 s window, above a floor of 5.
+    (60, 5, True),
+    (20, 1000, False),
+], ids=["checked between rounds", "too few requests for the short window"])
+def test_a_breach_is_reverted_before_the_next_gate_round_is_due(
+    sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess,
+    upstream: FakeUpstreamClient, interval_s: int, min_requests: int, between_rounds: bool,
+) -> None:
+    def manifest_of(model: str, tag: str) -> dict[str, Any]:
+        return manifest(sandbox, namespace, model, tag, interval_s, min_requests)
+
+    apply(manifest_of(SONG_V1, "1.0.0"), sandbox)
+    stable = wait_stable(kube, namespace, NAME)
+    url = sandbox.service_url(namespace, NAME) + "/analyze"
+    with TrafficGenerator(url, body=song_request, rate=12, max_seconds=180, timeout_s=15):
+        apply(manifest_of(SONG_V2, "1.1.0"), sandbox)
+        canary = wait_canary(kube, namespace, NAME, stable)
+        held = wait_status(
+            kube, namespace, NAME,
+            lambda s: s.get("canaryWeight") == 50 and s.get("currentStep") == 1
+            and all(any(m["name"] == g and m.get("time") for m in s.get("analysis") or [])
+                    for g in GATES),
+            what="the canary held at 50% after its first gate round", timeout=90,
+        )
+        first_round = {g: metric_status(held, g)["time"] for g in GATES}
+        next_round_due = (max(parse_stamp(t) for t in first_round.values())
+                          + dt.timedelta(seconds=interval_s))
+        upstream.set_fault(SONG_V2, malformed_rate=0.5)
+        status = wait_status(kube, namespace, NAME, lambda s: s.get("phase") == "RolledBack",
+                             what="phase RolledBack", timeout=45)
+
+    reverted = condition(status, "RolledBack")
+    assert reverted["reason"] == "RollbackIndicatorBreached"
+    message = status["message"]
+    assert message.startswith("rollback indicator error-rate = "), message
+    assert f"(revision {canary})" in message
+    gate_times = {g: metric_status(status, g)["time"] for g in GATES}
+    if between_rounds:
+        assert parse_stamp(reverted["lastTransitionTime"]) < next_round_due
+        assert "over the last 2s" in message and "checked between analysis rounds" in message
+        # No gate round ran between the fault and the revert: the gates still show the first.
+        assert gate_times == first_round
+    else:
+        assert parse_stamp(reverted["lastTransitionTime"]) >= next_round_due
+        assert "between analysis rounds" not in message
+        assert gate_times != first_round  # the round that reverted it measured the gates too
+    indicator = metric_status(status, "error-rate (rollback indicator)")
+    assert indicator["verdict"] == "Fail" and indicator["value"] > 0.05
+    assert status["stableRevision"] == stable and status["history"][0]["outcome"] == "RolledBack"
