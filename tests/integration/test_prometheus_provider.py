@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import shutil
 import socket
 import subprocess
@@ -34,9 +35,13 @@ def _free_port() -> int:
         return port
 
 
-def start_prometheus(workdir: Path, web_config: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """A real Prometheus with no targets (over TLS when ``web_config`` says so), once ready."""
-    (workdir / "prometheus.yml").write_text("global: {scrape_interval: 5s}\nscrape_configs: []\n")
+def start_prometheus(
+    workdir: Path, web_config: Path | None = None, scrape_configs: str = "[]"
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A real Prometheus, with no targets unless given (over TLS when ``web_config`` says
+    so), once ready."""
+    (workdir / "prometheus.yml").write_text(
+        f"global: {{scrape_interval: 5s}}\nscrape_configs: {scrape_configs}\n")
     port = _free_port()
     command = [PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}",
                f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"]
@@ -106,6 +111,38 @@ def test_several_series_is_an_error_that_says_to_aggregate(prometheus_url: str) 
 def test_bad_promql_is_an_error_naming_the_refusal(prometheus_url: str) -> None:
     result = asyncio.run(_provider(prometheus_url).query("sum(rate(x[5m]"))
     assert isinstance(result, QueryError) and "refused" in result.reason
+
+
+def test_scrape_intervals_come_from_the_targets_api_per_model_deployment(tmp_path: Path) -> None:
+    """The slowest interval among a resource's targets; targets of nothing are ignored."""
+    def job(name: str, every: str, labels: str) -> str:
+        return (f'{{job_name: {name}, scrape_interval: {every}, static_configs: '
+                f'[{{targets: ["127.0.0.1:{_free_port()}"], labels: {labels}}}]}}')
+
+    jobs = [job("songs-a", "3s", "{namespace: ml, modeldeploy_name: songs}"),
+            job("songs-b", "7s", "{namespace: ml, modeldeploy_name: songs}"),
+            job("chat", "15s", "{namespace: team, modeldeploy_name: chat}"),
+            job("node", "1s", "{namespace: ml}")]
+    process, url = start_prometheus(tmp_path, scrape_configs=f"[{', '.join(jobs)}]")
+
+    async def discovered() -> dict[tuple[str, str], dt.timedelta] | None:
+        # Prometheus lists a target once its discovery has run (a few seconds after start).
+        provider = _provider(url)
+        deadline = time.monotonic() + 30
+        while len(found := await provider.scrape_intervals() or {}) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)  # polling a condition with a deadline
+        return found
+
+    try:
+        found = asyncio.run(discovered())
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert found == {("ml", "songs"): dt.timedelta(seconds=7), ("team", "chat"): dt.timedelta(seconds=15)}
+
+
+def test_scrape_intervals_of_an_unreachable_prometheus_are_unknown() -> None:
+    assert asyncio.run(_provider(f"http://127.0.0.1:{_free_port()}").scrape_intervals()) is None
 
 
 def test_unreachable_prometheus_is_an_error_not_an_exception() -> None:
