@@ -170,6 +170,19 @@ def test_requests_are_counted_by_route_template_and_outcome(demo: DemoService) -
     assert metrics.value("model_info", model="demo-model", version="1.2.3") == 1
 
 
+def test_every_outcome_of_every_model_route_is_exported_from_zero(demo: DemoService) -> None:
+    """Before any request: a canary's first error must change a series Prometheus already has
+    (a series born with it has one sample, and rate() needs two)."""
+    metrics = scrape(demo.url)
+    for route in ("/echo", "/items/{item_id}", "/slow-upstream", "/bug"):
+        for outcome in ("success", "error", "timeout", "rejected"):
+            assert metrics.value("model_requests_total", route=route, outcome=outcome) == 0
+    assert not metrics.has("model_requests_total", route="/health")
+    assert not metrics.has("model_requests_total", route="/metrics")
+    assert demo.get("/slow-upstream").status_code == 504
+    assert scrape(demo.url).value("model_requests_total", route="/slow-upstream", outcome="timeout") == 1
+
+
 def test_request_id_is_echoed_when_given_and_generated_when_not(demo: DemoService) -> None:
     given = demo.post("/echo", json={"messages": ["a"]}, headers={"X-Request-ID": "req-42"})
     assert given.headers["X-Request-ID"] == "req-42"

@@ -494,9 +494,9 @@ def create_app(
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    uncounted = UNCOUNTED_PATHS | frozenset(uncounted_paths)
     app.add_middleware(ServiceMiddleware, settings=settings, metrics=metrics, limiter=limiter,
-                       rate_limiter=rate_limiter, router=app.router,
-                       uncounted_paths=UNCOUNTED_PATHS | frozenset(uncounted_paths))
+                       rate_limiter=rate_limiter, router=app.router, uncounted_paths=uncounted)
 
     @app.get("/health", include_in_schema=False)
     async def health() -> JSONResponse:
@@ -505,6 +505,11 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
+        # The service's routes are all declared by the first scrape.
+        metrics.count_routes(
+            path for route in app.routes
+            if isinstance(path := getattr(route, "path", None), str) and path not in uncounted
+        )
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -16,10 +16,11 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from modelkit.errors import ServiceError
+from modelkit.errors import Outcome, ServiceError
 from modelkit.health import Check
 from modelkit.pricing import TokenPrice, cost_usd
 from modelkit.upstream import (
@@ -86,6 +87,7 @@ class ServiceMetrics:
         self.prices = prices
         self.upstream_health = UpstreamHealth()
         self._unpriced_models: set[str] = set()
+        self._counted_routes: set[str] = set()
         # None until the app declares its models: until then every label passes (tests).
         self._label_models: frozenset[str] | None = None
         r = self.registry
@@ -124,6 +126,20 @@ class ServiceMetrics:
 
     def set_model_info(self, model: str, version: str) -> None:
         self.info.labels(model=model, version=version).set(1)
+
+    def count_routes(self, routes: Iterable[str]) -> None:
+        """Every outcome of each model route exported from 0 before it first happens.
+
+        A series that appears with its first error has one sample, and ``rate()`` needs two:
+        a canary's first failures would be invisible to an error-rate check for one more
+        scrape interval. Started at 0, the first error shows at the first scrape after it.
+        """
+        for route in routes:
+            if route in self._counted_routes:
+                continue
+            self._counted_routes.add(route)
+            for outcome in get_args(Outcome):
+                self.requests.labels(route=route, outcome=outcome)
 
     def observe_request(self, route: str, outcome: str, duration_s: float) -> None:
         self.requests.labels(route=route, outcome=outcome).inc()
