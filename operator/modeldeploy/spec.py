@@ -575,7 +575,7 @@ class Analysis(Model):
         "pause", description="What to do once inconclusiveLimit is exceeded."
     )
     indicator_min_requests: int = Field(
-        20, ge=1, le=100000,
+        10, ge=1, le=100000,
         description="Model requests the canary must have answered in the short window "
         "(two scrape intervals) before a rollback indicator checked between analysis rounds "
         "may revert it; fewer, and only the analysis rounds judge the indicators.",
