@@ -168,8 +168,8 @@ def build_app(settings: FakeUpstreamSettings) -> FastAPI:
                 await asyncio.sleep(0.05)
             book.count(model, "timeout")
             return decision, _openai_error(504, "injected timeout", "timeout_error", "injected_fault")
-        if fault.latency_s > 0:
-            await asyncio.sleep(fault.latency_s)
+        if decision.latency_s > 0:
+            await asyncio.sleep(decision.latency_s)
         if action == "error":
             book.count(model, "error")
             error_type = {429: "rate_limit_error", 401: "authentication_error"}.get(

@@ -40,6 +40,7 @@ class FakeUpstreamClient:
         model: str,
         *,
         latency_s: float = 0.0,
+        latency_jitter: float = 0.0,
         error_rate: float = 0.0,
         timeout_rate: float = 0.0,
         malformed_rate: float = 0.0,
@@ -50,11 +51,13 @@ class FakeUpstreamClient:
     ) -> dict[str, Any]:
         """Replace ``model``'s fault (``*`` for every model without its own); restarts its count.
 
+        ``latency_jitter`` j spreads each delay over ``latency_s`` x [1 - j, 1 + j].
         ``malformed_rate`` garbles the content of a valid completion; ``malformed_body_rate``
         answers 200 with a body that is not a chat completion (see :mod:`fakeupstream.faults`).
         """
         fault: dict[str, Any] = {
             "latency_s": latency_s,
+            "latency_jitter": latency_jitter,
             "error_rate": error_rate,
             "timeout_rate": timeout_rate,
             "malformed_rate": malformed_rate,

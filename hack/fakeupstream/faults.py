@@ -9,7 +9,10 @@ malformed body) runs on the same request index; when several hit one request, th
 timeout, error, malformed, malformed body wins. Two equal rates therefore hit the same
 requests and only the first of them shows: ``error_rate=0.15, malformed_body_rate=0.2``
 fails 15% with errors and 15% with malformed bodies (every 20th request is hit by both and
-answered an error). ``latency_s`` delays every answer that is not a hang.
+answered an error). ``latency_s`` delays every answer that is not a hang; with
+``latency_jitter`` j the n-th request's delay is ``latency_s · (1 + j·(2·frac(n·φ) - 1))``
+(φ the golden ratio): spread evenly over ``latency_s · [1 - j, 1 + j]``, deterministically, so
+``latency_s=0.4, latency_jitter=0.5`` delays answers 0.2 s to 0.6 s.
 
 ``malformed_rate`` garbles a chat answer's *content* (a valid completion whose content is not
 JSON); ``malformed_body_rate`` answers 200 with a *body* that is not a chat completion at all,
@@ -22,6 +25,7 @@ The fault for model ``*`` applies to every model that has none of its own.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -47,6 +51,9 @@ class Fault(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     latency_s: float = Field(default=0.0, ge=0, le=3600, description="Delay before answering.")
+    latency_jitter: float = Field(
+        default=0.0, ge=0, le=1, description="Each delay is latency_s x (1 +- up to this share)."
+    )
     error_rate: float = Field(default=0.0, ge=0, le=1, description="Share answered status_code.")
     timeout_rate: float = Field(default=0.0, ge=0, le=1, description="Share that hang hang_s.")
     malformed_rate: float = Field(
@@ -67,6 +74,16 @@ class Fault(BaseModel):
     )
 
 
+# The golden ratio's fractional part: n·φ mod 1 spreads evenly over [0, 1) (a Weyl sequence).
+_GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+def jittered_latency(index: int, fault: Fault) -> float:
+    """The delay of the ``index``-th request (1, 2, ...) under ``fault`` (see the module doc)."""
+    spread = 2 * ((index * _GOLDEN) % 1.0) - 1  # in [-1, 1)
+    return fault.latency_s * (1 + fault.latency_jitter * spread)
+
+
 def _hit(index: int, rate: float) -> bool:
     exact = Fraction(rate).limit_denominator(1_000_000)
     return (index * exact).__floor__() > ((index - 1) * exact).__floor__()
@@ -81,12 +98,14 @@ class _ModelFault:
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do with one request: the action, the fault in force and, when the action is
-    ``malformed_body``, the shape of the body."""
+    """What to do with one request: the action, the fault in force, when the action is
+    ``malformed_body`` the shape of the body, and the delay before answering (``latency_s``
+    with its jitter applied; a hang waits ``hang_s`` instead)."""
 
     action: Action
     fault: Fault
     malformed_body: MalformedBody | None = None
+    latency_s: float = 0.0
 
 
 @dataclass
@@ -129,15 +148,16 @@ class FaultBook:
             n, fault = entry.requests_seen, entry.fault
             if _hit(n, fault.timeout_rate):
                 return Decision("timeout", fault)
+            latency = jittered_latency(n, fault)
             if _hit(n, fault.error_rate):
-                return Decision("error", fault)
+                return Decision("error", fault, latency_s=latency)
             if _hit(n, fault.malformed_rate):
-                return Decision("malformed", fault)
+                return Decision("malformed", fault, latency_s=latency)
             if _hit(n, fault.malformed_body_rate):
                 shape = MALFORMED_BODIES[entry.malformed_bodies % len(MALFORMED_BODIES)]
                 entry.malformed_bodies += 1
-                return Decision("malformed_body", fault, shape)
-        return Decision("ok", fault)
+                return Decision("malformed_body", fault, shape, latency)
+        return Decision("ok", fault, latency_s=latency)
 
     def count(self, model: str, outcome: str) -> None:
         with self._lock:
