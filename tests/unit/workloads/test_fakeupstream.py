@@ -118,10 +118,13 @@ def test_injected_429_carries_retry_after(
 def test_slow_faults_make_the_client_time_out(
     fake_upstream: FakeUpstreamClient, fake_upstream_url: str, fault: dict[str, float]
 ) -> None:
-    fake_upstream.set_fault("gpt-4o-mini", **fault)  # type: ignore[arg-type]
+    # A model of its own: the abandoned request is still answered (and counted) seconds
+    # later, when the next test, on the same shared fake upstream, counts its own requests.
+    model = "gpt-4o-mini-abandoned"
+    fake_upstream.set_fault(model, **fault)  # type: ignore[arg-type]
     with pytest.raises(openai.APITimeoutError):
         _client(fake_upstream_url, timeout_s=0.3).chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+            model=model, messages=[{"role": "user", "content": "x"}]
         )
 
 
