@@ -4,18 +4,23 @@
     hack/bench chat-proxy --requests 2000 --warmup 200
 
 The upstream is the repository's fake OpenAI-compatible server (``python -m fakeupstream``,
-no latency injected), so what is measured is the proxy's own work: validation, the SDK
+no latency injected), so what is measured is the proxy's own work: validation, the
 call to the upstream, answering, metrics and logging. Both run as real processes on
 loopback; the client keeps its connections alive (as an SDK does) and sends one request at
 a time, alternating direct and proxied, so that both see the same machine at the same
 moment. The figures are p50/p90/p99 and mean per path and the difference (proxy - direct)
 at each. Every answer must be a 200 carrying the same completion both ways; the benchmark
 says so and exits 1 otherwise.
+
+It also reports the CPU time the proxy process spent per timed request (user + system, read
+from ``/proc/<pid>/stat`` before and after; Linux only): on a small or shared machine that
+figure is much steadier than wall-clock quantiles, so compare it first, back to back.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -52,6 +57,16 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (None where /proc has no answer)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def timed(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[float, httpx.Response]:
     started = time.perf_counter()
     response = client.post(url, json=body)
@@ -67,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         proxy_url = proxy.base_url + "/api/v1/chat/completions"
         seconds: dict[str, list[float]] = {"direct": [], "chat-proxy": []}
         problems: list[str] = []
+        cpu_before: float | None = None
         for n in range(args.warmup + args.requests):
+            if n == args.warmup:
+                cpu_before = process_cpu_s(proxy.process.pid)
             body = chat_body(n)
             direct_s, direct = timed(client, direct_url, body)
             proxied_s, proxied = timed(client, proxy_url, body)
@@ -79,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             if n >= args.warmup:
                 seconds["direct"].append(direct_s)
                 seconds["chat-proxy"].append(proxied_s)
+        cpu_after = process_cpu_s(proxy.process.pid)
     print(f"chat-proxy added latency: {args.requests} chat completions each way, one at a time, "
           f"after {args.warmup} untimed; keep-alive; fake upstream with no injected latency\n")
     columns = [f"p{round(q * 100)} ms" for q in QUANTILES] + ["mean ms"]
@@ -90,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     rows["added"] = [p - d for p, d in zip(rows["chat-proxy"], rows["direct"], strict=True)]
     for path, figures in rows.items():
         print(f"{path:<12}" + "".join(f"{value:>10.2f}" for value in figures))
+    if cpu_before is not None and cpu_after is not None:
+        print(f"\nCPU of the chat-proxy process per request (user + system, from /proc): "
+              f"{(cpu_after - cpu_before) * 1000 / args.requests:.2f} ms")
     for problem in problems[:10]:
         print(problem)
     print(f"\nevery request answered 200 with the same completion both ways: {'no' if problems else 'yes'}")

@@ -4,7 +4,9 @@ Routes (``/v1/...`` are aliases of ``/api/v1/...`` so the openai SDK works with
 ``base_url=http://host/api/v1`` or ``http://host/v1``):
 
 * ``POST /api/v1/chat/completions``: validated (see :mod:`chat_proxy.validation`),
-  then forwarded with the openai SDK; the upstream's completion is returned as is. An
+  then forwarded as the openai SDK sends it (:mod:`chat_proxy.forward`: over the proxy's
+  own keep-alive HTTP/1.1 client for a plain ``http://`` upstream, through the SDK
+  otherwise); the upstream's completion is returned as is. An
   upstream 200 whose body is not a chat completion (JSON cut short, no ``choices`` or
   ``choices: []``, a gateway's HTML page, a field off the API's schema) is a 502
   ``upstream_error`` (code ``invalid_upstream_answer``) naming what was wrong, counted as an
@@ -32,9 +34,11 @@ Request bodies are JSON objects, decoded strictly by the kit (:mod:`modelkit.jso
 surrogate escapes are refused with a 400 naming the field, wherever they are (free-form
 ``response_format``, ``tools``, ``tool_choice`` and ``tool_calls`` included), because the
 upstream call could not encode them: what cannot be forwarded is the caller's fault, never
-a 500. The openai SDK does not retry (``max_retries=0``): a retry would hide the failure
-from the canary's metrics and double the latency seen by the caller; each upstream call
-has an overall deadline of ``UPSTREAM_TIMEOUT_S``.
+a 500. Upstream calls are not retried (the SDK's ``max_retries=0``): a retry would hide the
+failure from the canary's metrics and double the latency seen by the caller (the one
+exception: a kept-alive connection the upstream closed before answering anything is
+replaced by a fresh one, see :mod:`chat_proxy.forward`); each upstream call has an overall
+deadline of ``UPSTREAM_TIMEOUT_S``.
 
 Exhaustion: at most ``MAX_CONCURRENT_REQUESTS`` (8) requests are served at once and
 ``MAX_QUEUED_REQUESTS`` (8) wait; any more get 429 with Retry-After. Bodies are buffered
@@ -54,14 +58,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import httpx
 import openai
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from modelkit.app import create_app, metrics_of
+from modelkit.app import create_app
 from modelkit.errors import invalid_request
 from modelkit.health import Check, run_checks
-from modelkit.jsonbody import request_json
+from modelkit.jsonbody import DECODED_JSON_STATE_KEY, request_json
 from modelkit.settings import ServiceSettings
 from modelkit.upstream import (
     service_error_from_openai,
@@ -70,8 +73,11 @@ from modelkit.upstream import (
 )
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chat_proxy.answers import read_completion
+from chat_proxy.forward import ChatForwarder
 from chat_proxy.validation import (
     MAX_IMAGE_BYTES_DEFAULT,
     InvalidRequest,
@@ -188,6 +194,16 @@ def configured_api_key_count(settings: ChatProxySettings) -> int:
     return int(settings.api_key is not None) + int(settings.openai_api_key != placeholder)
 
 
+class _AsgiEndpoint:
+    """An ASGI callable that Starlette's ``Route`` serves as it is (not as a request handler)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 def build_app(settings: ChatProxySettings) -> FastAPI:
     client = upstream_client(
         base_url=settings.upstream_base_url,
@@ -201,10 +217,12 @@ def build_app(settings: ChatProxySettings) -> FastAPI:
         configured_models=[settings.default_model, *settings.metric_models],
     )
     api_key_count = configured_api_key_count(settings)
+    forwarder = ChatForwarder(client, settings.upstream_timeout_s)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        forwarder.close()
         await client.close()
 
     app = create_app(
@@ -218,28 +236,35 @@ def build_app(settings: ChatProxySettings) -> FastAPI:
     )
     limits = ValidationLimits(max_image_bytes=settings.max_image_bytes)
 
-    async def chat_completions(request: Request) -> Response:
+    metrics = app.state.metrics
+    timeout_s = settings.upstream_timeout_s
+    default_model = settings.default_model
+
+    async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
+        # A plain ASGI endpoint: FastAPI's per-request machinery (dependency solving, the
+        # endpoint wrapper) would cost more than validating the request. Errors raised here
+        # are the kit's ServiceErrors, answered by the app's handlers as from any route.
+        state = scope.get("state") or {}
+        body = (state[DECODED_JSON_STATE_KEY] if DECODED_JSON_STATE_KEY in state
+                else await request_json(Request(scope, receive)))  # fmt: skip
         try:
-            chat = parse_chat_request(await request_json(request), limits)
+            chat = parse_chat_request(body, limits)
         except InvalidRequest as error:
             raise invalid_request(error.message, param=error.param) from None
-        kwargs = chat.upstream_kwargs(settings.default_model)
+        kwargs = chat.upstream_kwargs(default_model)
         model = kwargs["model"]
-        metrics = metrics_of(request)
-        timeout_s = settings.upstream_timeout_s
         async with metrics.upstream_call_within(model, timeout_s):
-            # The SDK's plain POST (its documented way to send a body as is): the body is
-            # validated already (parse_chat_request), and the typed create() would walk it
-            # again to transform it, the largest share of the proxy's own time per request.
-            raw = await client.post("/chat/completions", body=kwargs, cast_to=httpx.Response,
-                                    options={"timeout": timeout_s})
+            # Sent as the SDK would send it, over the proxy's own keep-alive client for a plain
+            # http upstream (see chat_proxy.forward: the SDK's machinery was most of the
+            # proxy's time per request); failures are the SDK's exceptions, mapped by the kit.
+            content_type, content = await forwarder.forward(kwargs)
             # A body that is not a chat completion is a 502 naming what was wrong.
-            completion = read_completion(model, raw.headers.get("content-type"), raw.content)
+            completion = read_completion(model, content_type, content)
             if completion.prompt_tokens is not None and completion.completion_tokens is not None:
                 # Labelled by the requested model (as the upstream call was), not the snapshot
                 # id the upstream may answer with, so the metrics of one request line up.
                 metrics.record_usage(model, completion.prompt_tokens, completion.completion_tokens)
-        return Response(completion.body, media_type="application/json")
+        await Response(completion.body, media_type="application/json")(scope, receive, send)
 
     async def list_models() -> JSONResponse:
         # Not counted in model_upstream_requests_total: its model label is for chat models.
@@ -266,7 +291,9 @@ def build_app(settings: ChatProxySettings) -> FastAPI:
         return JSONResponse(body, status_code=code)
 
     for prefix in ("/api/v1", "/v1"):
-        app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
+        app.router.routes.append(
+            Route(f"{prefix}/chat/completions", _AsgiEndpoint(chat_completions), methods=["POST"])
+        )
         app.add_api_route(f"{prefix}/models", list_models, methods=["GET"])
     app.add_api_route(API_HEALTH_PATH, api_health, methods=["GET"])
 

@@ -239,6 +239,8 @@ class ServiceMiddleware:
     @staticmethod
     async def _wait_for_slot(limiter: ConcurrencyLimiter, watch: asyncio.Future[None]) -> bool:
         """Wait for a run slot; False when the client left first (its turn is given up)."""
+        if limiter.try_start():  # a free slot: no wait (nor the tasks a wait costs)
+            return True
         turn = asyncio.ensure_future(limiter.start())
         await asyncio.wait({turn, watch}, return_when=asyncio.FIRST_COMPLETED)
         if turn.done():
@@ -296,15 +298,18 @@ class ServiceMiddleware:
     ) -> tuple[ServiceError | None, bytes | None]:
         """The whole body, or the error to answer; (None, None) when the client left."""
         limit = self.settings.max_request_bytes
-        too_large = ServiceError(
-            413,
-            f"request body is larger than the limit of {limit} bytes (MAX_REQUEST_BYTES)",
-            error_type="invalid_request_error",
-            code="request_too_large",
-        )
+
+        def too_large() -> ServiceError:  # built only when needed: most bodies fit
+            return ServiceError(
+                413,
+                f"request body is larger than the limit of {limit} bytes (MAX_REQUEST_BYTES)",
+                error_type="invalid_request_error",
+                code="request_too_large",
+            )
+
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return too_large, None
+            return too_large(), None
         chunks: list[bytes] = []
         size = 0
         timeout_s = self.settings.request_body_timeout_s
@@ -317,7 +322,7 @@ class ServiceMiddleware:
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > limit:
-                        return too_large, None
+                        return too_large(), None
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
@@ -354,6 +359,8 @@ class ServiceMiddleware:
         route = _route_label(scope, self.router)
         if path not in self.uncounted_paths:
             self.metrics.observe_request(route, outcome, duration_s)
+        if not access_log.isEnabledFor(logging.INFO):
+            return  # LOG_LEVEL above INFO: no line, so no fields to gather either
         access_log.info(
             "request",
             extra={

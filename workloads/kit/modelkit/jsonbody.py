@@ -97,9 +97,32 @@ def _is_unforwardable(value: Any) -> bool:
     return False
 
 
+def _all_forwardable(value: Any) -> bool:
+    """Whether every value and key can be carried (the common case, checked without building
+    the paths :func:`_leaves` makes: that is what made the check cost)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key in item:
+                if not (isinstance(key, str) and key.isascii()) and _is_unforwardable(key):
+                    return False
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if not item.isascii() and _is_unforwardable(item):
+                return False
+        elif isinstance(item, float) and not math.isfinite(item):
+            return False
+    return True
+
+
 def find_unforwardable(value: Any) -> str | None:
     """The path of the first value strict JSON in UTF-8 cannot carry (a non-finite number, a
     string or key with a lone surrogate); ``""`` for the value itself; None when all can."""
+    if _all_forwardable(value):
+        return None
     return next((path for path, leaf in _leaves(value) if _is_unforwardable(leaf)), None)
 
 

@@ -66,14 +66,20 @@ class ConcurrencyLimiter:
         self.admitted += 1
         return None
 
+    def try_start(self) -> bool:
+        """Take a run slot for an admitted request if one is free now with nobody ahead."""
+        if self.unlimited or (self.running < self.max_running and not self._waiters):
+            self.running += 1
+            return True
+        return False
+
     async def start(self) -> None:
         """Wait, in arrival order, for a run slot for an admitted request.
 
         Cancelled while waiting (the client left), the request gives up its turn; a slot
         handed over at the moment of cancellation is passed on to the next in line.
         """
-        if self.unlimited or (self.running < self.max_running and not self._waiters):
-            self.running += 1
+        if self.try_start():
             return
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(turn)
