@@ -26,8 +26,8 @@ costs no API request), and only when the canary answered at least
 ``analysis.indicatorMinRequests`` model requests in that window: on fewer, one unlucky
 request would be a breach, so the analysis rounds alone judge. While stable serves traffic
 it is measured over the same window, and a breach it shows too (a burst of provider 429s
-fills a short window on both tracks) is left to the rounds. Where two scrape intervals
-are not shorter than ``analysis.interval``, the rounds are as fast and nothing more runs.
+fills a short window on both tracks) is left to the rounds. Where the scrape interval is
+not shorter than ``analysis.interval``, the rounds are as fast and nothing more runs.
 
 The provider's address must be one the operator is allowed to query
 (:class:`~modeldeploy.providers.ProviderAddresses`): the controller refuses a spec naming
@@ -60,7 +60,7 @@ MAX_PROVIDERS = 64
 # How long scrape intervals read from a provider are trusted; a resource not found is
 # looked up again after RESCAN_MISSING (its pods may not have been discovered yet).
 SCRAPE_INTERVALS_TTL = dt.timedelta(minutes=5)
-RESCAN_MISSING = dt.timedelta(seconds=30)
+RESCAN_MISSING = dt.timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
@@ -142,13 +142,13 @@ def judge_round(
 
 
 def fast_window(analysis: s.Analysis, scrape: dt.timedelta | None) -> dt.timedelta | None:
-    """The window rollback indicators are checked over between rounds, or None when there
-    is no fast path: the scrape interval is unknown, or two of them are not shorter than
-    ``analysis.interval`` (the rounds are then as fast)."""
-    if scrape is None or scrape <= dt.timedelta(0):
+    """The window rollback indicators are checked over between rounds (two scrape
+    intervals: the shortest that holds two samples), or None when there is no fast path:
+    the scrape interval is unknown, or not shorter than ``analysis.interval`` (the rounds
+    then come as often as new samples do)."""
+    if scrape is None or scrape <= dt.timedelta(0) or scrape >= s.parse_duration(analysis.interval):
         return None
-    window = 2 * scrape
-    return window if window < s.parse_duration(analysis.interval) else None
+    return 2 * scrape
 
 
 def window_text(window: dt.timedelta) -> str:
@@ -252,13 +252,18 @@ class AnalysisRunner:
         analysis = md.spec.analysis
         assert analysis is not None
         key = (md.metadata.namespace, md.metadata.name)
-        window = fast_window(analysis, self._scrape_every.get(key))
-        last = self._indicators_checked.get(key)
-        if not indicators or window is None or (last is not None and now - last < window / 2):
+        if not indicators:
             return None
-        self._indicators_checked[key] = now
         secrets = self._round_secrets.get(key) or await self._secrets(md)
         provider = self._provider(analysis.provider, secrets)
+        if self._scrape_every.get(key) is None:
+            # Not known at the last round (e.g. Prometheus had not discovered the pods yet).
+            await self._learn_scrape_interval(md, provider, now)
+        window = fast_window(analysis, self._scrape_every.get(key))
+        last = self._indicators_checked.get(key)
+        if window is None or (last is not None and now - last < window / 2):
+            return None
+        self._indicators_checked[key] = now
         canary, stable = await self._run(md, request, provider, [presets.TRAFFIC_GUARD_CHECK],
                                          indicators, window_text(window), stable_indicators=True)
         answered = canary.get(presets.TRAFFIC_GUARD)
@@ -280,8 +285,16 @@ class AnalysisRunner:
         work queue; None when they are not (no analysis now, no indicators, no fast path)."""
         analysis = md.spec.analysis
         key = (md.metadata.namespace, md.metadata.name)
-        window = None if analysis is None else fast_window(analysis, self._scrape_every.get(key))
-        if window is None or engine.analysis_request(md.spec, status, now) is None:
+        if analysis is None or engine.analysis_request(md.spec, status, now) is None:
+            return None
+        scrape = self._scrape_every.get(key)
+        if scrape is None:
+            # Unknown yet: look again when the provider may be asked anew (none of this
+            # for a spec without indicators: nothing to check between rounds).
+            has_indicators = bool(presets.resolve(analysis)[1])
+            return RESCAN_MISSING.total_seconds() if has_indicators and key in self._scrape_every else None
+        window = fast_window(analysis, scrape)
+        if window is None:
             return None
         last = self._indicators_checked.get(key)
         due = now if last is None else last + window / 2
