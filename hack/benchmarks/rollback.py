@@ -375,7 +375,6 @@ def report(args: argparse.Namespace, results: list[RunResult], took_s: float) ->
     # The canary takes `weight`% of the traffic, of which a `failing_share` fails.
     first_failure = 1.0 / (args.rate * weight / 100 * failing_share(args)) + recorded_after_s(args)
     floor = first_failure + scrape
-    bound = floor + window
     recorded = (f" incl. the {recorded_after_s(args):g}s until it is known" if recorded_after_s(args) else "")
     print(f"floor: the canary's first failure (~{first_failure:.1f}s at {args.rate:g} req/s x {weight}% x "
           f"{failing_share(args):.0%} failing{recorded}) + one scrape ({scrape:g}s) = {floor:.1f}s "
@@ -388,12 +387,15 @@ def report(args: argparse.Namespace, results: list[RunResult], took_s: float) ->
     print(f"Argo Rollouts for the same fault (assumed: background AnalysisRun, metric interval = this "
           f"--interval {window:g}s, default failureLimit {ARGO_FAILURE_LIMIT}, so it fails at the first "
           f"failed measurement): interval x (failureLimit + 1) = {argo:g}s + floor = {argo + floor:.1f}s")
+    if scrape < window:
+        # The rollback indicators are also checked at each scrape interval between rounds.
+        check, how = scrape, f"the next check of the indicators between rounds (<= scrape {scrape:g}s)"
+    else:
+        check, how = window, f"the next analysis round (<= interval {window:g}s)"
+    bound = floor + check
     print(f"bound: the canary's first failure (~{first_failure:.1f}s at this rate) + its scrape "
-          f"(<= {scrape:g}s) + the next analysis round (<= interval {window:g}s, "
-          f"scheduled at its time) + the switch (same reconcile) = {bound:.1f}s for a fault far "
-          "above the threshold; "
-          f"one near it also waits for the {window:g}s rate window to fill: {bound + window:.1f}s "
-          "(README.md, 'How fast a bad canary is caught')")
+          f"(<= {scrape:g}s) + {how} + the switch (same reconcile) = {bound:.1f}s for a fault far "
+          "above the threshold (README.md, 'How fast a bad canary is caught')")
 
 
 def main(argv: list[str] | None = None) -> int:
