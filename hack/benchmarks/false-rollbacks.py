@@ -62,6 +62,7 @@ from mdsandbox.demo import (
     RolloutFollower,
     Timeline,
     apply,
+    gateway_and_route,
     kubectl,
     outcome_mix,
     prepare_namespace,
@@ -149,20 +150,6 @@ def manifest(model: str, args: argparse.Namespace, sandbox: Sandbox) -> Manifest
                          bake_time=args.bake)
     body["spec"]["strategy"]["canary"]["trafficRouting"] = {"gatewayAPI": {"httpRoute": ROUTE}}
     return body
-
-
-def gateway_and_route() -> list[Manifest]:
-    """A Gateway (the sandbox's data plane accepts any) and the HTTPRoute the operator steers."""
-    group = "gateway.networking.k8s.io/v1"
-    return [
-        {"apiVersion": group, "kind": "Gateway", "metadata": {"name": GATEWAY, "namespace": NAMESPACE},
-         "spec": {"gatewayClassName": "sandbox",
-                  "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]}},
-        {"apiVersion": group, "kind": "HTTPRoute", "metadata": {"name": ROUTE, "namespace": NAMESPACE},
-         "spec": {"parentRefs": [{"name": GATEWAY}],
-                  "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                             "backendRefs": [{"name": f"{NAME}-stable", "port": 80}]}]}},
-    ]
 
 
 class Noise:
@@ -401,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 operator.start()
                 prepare_namespace(NAMESPACE, sandbox.kubeconfig)
-                for part in gateway_and_route():
+                for part in gateway_and_route(NAMESPACE, GATEWAY, ROUTE):
                     apply(part, sandbox.kubeconfig)
                 noise = Noise(upstream, args)
                 noise.steady()

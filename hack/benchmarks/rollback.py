@@ -94,6 +94,7 @@ from mdsandbox.demo import (
     Snapshot,
     Timeline,
     apply,
+    gateway_and_route,
     kubectl,
     outcome_mix,
     prepare_namespace,
@@ -231,20 +232,6 @@ def manifest(model: str, args: argparse.Namespace, sandbox: Sandbox) -> Manifest
             {"metric": "latency-p95", "thresholdRange": {"max": SLOW_INDICATOR_S}},
         ]
     return body
-
-
-def gateway_and_route() -> list[Manifest]:
-    """A Gateway (the sandbox's data plane accepts any) and the HTTPRoute the operator steers."""
-    group = "gateway.networking.k8s.io/v1"
-    return [
-        {"apiVersion": group, "kind": "Gateway", "metadata": {"name": GATEWAY, "namespace": NAMESPACE},
-         "spec": {"gatewayClassName": "sandbox",
-                  "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]}},
-        {"apiVersion": group, "kind": "HTTPRoute", "metadata": {"name": ROUTE, "namespace": NAMESPACE},
-         "spec": {"parentRefs": [{"name": GATEWAY}],
-                  "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                             "backendRefs": [{"name": f"{NAME}-stable", "port": 80}]}]}},
-    ]
 
 
 def fault_text(args: argparse.Namespace) -> str:
@@ -417,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                 operator.start()
                 prepare_namespace(NAMESPACE, sandbox.kubeconfig)
                 if args.routing == "gatewayAPI":
-                    for part in gateway_and_route():
+                    for part in gateway_and_route(NAMESPACE, GATEWAY, ROUTE):
                         apply(part, sandbox.kubeconfig)
                 apply(manifest(f"{MODEL_PREFIX}:base", args, sandbox), sandbox.kubeconfig)
                 first = follower.wait_for(lambda s: s.phase == "Succeeded", 120,

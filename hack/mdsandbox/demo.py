@@ -285,6 +285,21 @@ def song_analyzer(
     }
 
 
+def gateway_and_route(namespace: str, gateway: str, route: str) -> list[Manifest]:
+    """A Gateway (the sandbox's data plane accepts any) and the HTTPRoute the operator steers
+    for song-analyzer (the gatewayAPI router: exact weights where pods cannot split them)."""
+    group = "gateway.networking.k8s.io/v1"
+    return [
+        {"apiVersion": group, "kind": "Gateway", "metadata": {"name": gateway, "namespace": namespace},
+         "spec": {"gatewayClassName": "sandbox",
+                  "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]}},
+        {"apiVersion": group, "kind": "HTTPRoute", "metadata": {"name": route, "namespace": namespace},
+         "spec": {"parentRefs": [{"name": gateway}],
+                  "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                             "backendRefs": [{"name": f"{NAME}-stable", "port": 80}]}]}},
+    ]
+
+
 def prepare_namespace(namespace: str, kubeconfig: Path) -> None:
     """The namespace and the (placeholder) provider key the pods read from a Secret."""
     kubectl(["create", "namespace", namespace], kubeconfig)
