@@ -24,9 +24,12 @@ window that holds two samples (two scrape intervals), while gates keep
 model requests only; it acts only on a breach (a passing check writes nothing, so it
 costs no API request), and only when the canary answered at least
 ``analysis.indicatorMinRequests`` model requests in that window: on fewer, one unlucky
-request would be a breach, so the analysis rounds alone judge. While stable serves traffic
-it is measured over the same window, and a breach it shows too (a burst of provider 429s
-fills a short window on both tracks) is left to the rounds. Where the scrape interval is
+request would be a breach, so the analysis rounds alone judge. Only while stable serves
+traffic: stable is measured over the same window, and a breach it shows too is not the
+canary's (see :func:`~modeldeploy.analysis.evaluate.evaluate`). At 100% (the full step, the
+bake) there is nothing to compare with, and a short window would turn a few seconds of a
+provider's trouble (a burst of 429s) into a revert: the rounds judge over
+``analysis.interval``. Where the scrape interval is
 not shorter than ``analysis.interval``, the rounds are as fast and nothing more runs.
 
 The provider's address must be one the operator is allowed to query
@@ -49,7 +52,7 @@ from pathlib import Path
 from modeldeploy import engine, metrics
 from modeldeploy import spec as s
 from modeldeploy.analysis import presets, promql
-from modeldeploy.analysis.evaluate import INDICATOR_SUFFIX, evaluate, within
+from modeldeploy.analysis.evaluate import INDICATOR_SUFFIX, evaluate
 from modeldeploy.analysis.report import AnalysisReport, AnalysisRequest
 from modeldeploy.kube.client import KubeClient
 from modeldeploy.measurement import Measurement, NoData, QueryResult
@@ -156,20 +159,6 @@ def window_text(window: dt.timedelta) -> str:
     return f"{round(window.total_seconds() * 1000)}ms"
 
 
-def shared_by_stable(
-    metric: str, indicators: list[presets.IndicatorCheck], stable: dict[str, QueryResult]
-) -> bool:
-    """Whether stable, measured over the same short window, breaches the same absolute
-    bound: a burst of provider 429s or an upstream outage hits both tracks, and a few
-    seconds of it fill a short window. A check between rounds blames the canary only for
-    what is its own; the analysis rounds still judge the indicator as always."""
-    indicator = next((i for i in indicators if i.metric == metric), None)
-    measured = stable.get(metric + INDICATOR_SUFFIX)
-    if indicator is None or indicator.threshold_range is None or not isinstance(measured, Measurement):
-        return False
-    return not within(measured.value, None, indicator.threshold_range, None)
-
-
 def fast_breach(
     report: AnalysisReport, requests: float, window: dt.timedelta
 ) -> AnalysisReport | None:
@@ -261,18 +250,17 @@ class AnalysisRunner:
             await self._learn_scrape_interval(md, provider, now)
         window = fast_window(analysis, self._scrape_every.get(key))
         last = self._indicators_checked.get(key)
-        if window is None or (last is not None and now - last < window / 2):
+        if window is None or not request.stable_serves_traffic or (
+                last is not None and now - last < window / 2):
             return None
         self._indicators_checked[key] = now
         canary, stable = await self._run(md, request, provider, [presets.TRAFFIC_GUARD_CHECK],
-                                         indicators, window_text(window), stable_indicators=True)
+                                         indicators, window_text(window))
         answered = canary.get(presets.TRAFFIC_GUARD)
         requests = answered.value * window.total_seconds() if isinstance(answered, Measurement) else 0.0
         if requests < analysis.indicator_min_requests:
             return None  # too few requests to tell a fault from one unlucky answer
         report = judge_round(analysis, status, request, canary, stable, now, ([], indicators))
-        if report.breach is not None and shared_by_stable(report.breach.metric, indicators, stable):
-            return None  # the upstream's fault, not the canary's: the rounds judge it
         breach = fast_breach(report, requests, window)
         if breach is not None:
             self._count(md, breach)
@@ -285,7 +273,8 @@ class AnalysisRunner:
         work queue; None when they are not (no analysis now, no indicators, no fast path)."""
         analysis = md.spec.analysis
         key = (md.metadata.namespace, md.metadata.name)
-        if analysis is None or engine.analysis_request(md.spec, status, now) is None:
+        request = None if analysis is None else engine.analysis_request(md.spec, status, now)
+        if analysis is None or request is None or not request.stable_serves_traffic:
             return None
         scrape = self._scrape_every.get(key)
         if scrape is None:
@@ -335,10 +324,9 @@ class AnalysisRunner:
         gates: list[presets.MetricCheck],
         indicators: list[presets.IndicatorCheck],
         window: str,
-        stable_indicators: bool = False,
     ) -> tuple[dict[str, QueryResult], dict[str, QueryResult]]:
-        """Each check's query for the canary (and stable, for relative checks, and for every
-        indicator with ``stable_indicators``) over ``window``."""
+        """Each check's query for the canary over ``window``, and stable's for relative
+        checks and every indicator (see :func:`modeldeploy.analysis.evaluate.evaluate`)."""
         context = promql.QueryContext(
             name=md.metadata.name, namespace=md.metadata.namespace, revision=request.revision,
             stable_revision=request.stable_revision or request.revision,
@@ -359,7 +347,7 @@ class AnalysisRunner:
         for indicator in indicators:
             key = indicator.metric + INDICATOR_SUFFIX
             jobs[("canary", key)] = promql.render(indicator.query, context)
-            if (indicator.relative_to_stable is not None or stable_indicators) and query_stable:
+            if query_stable:
                 jobs[("stable", key)] = promql.render(indicator.query, stable_context)
         # The same PromQL is asked once even when a gate and an indicator share it.
         unique = sorted(set(jobs.values()))

@@ -13,7 +13,10 @@ Counting, as Argo Rollouts' consecutive counters and Flagger's failed checks do 
   with ``noData: fail``, no data counts as a failure (provider errors stay inconclusive:
   an unreachable Prometheus says nothing about the canary);
 - a rollback indicator breaches only on a real value out of range: missing data never
-  reverts anything;
+  reverts anything; nor does a bound that stable, measured in the same window, is out of
+  too (while stable serves traffic): a provider's burst of 429s or an outage hits both
+  tracks, and is not the canary's fault. Such a round is inconclusive for the indicator,
+  and the gates still count it (a fault that lasts fails them failureLimit + 1 times);
 - a round whose traffic guard (presets.TRAFFIC_GUARD: the revision's model requests in
   the window) reads zero or nothing is no data for every gate, whatever the gates read:
   a blue-green preview that only probes reached, or a canary the router starves, shows
@@ -119,6 +122,16 @@ def _without_traffic(guard: QueryResult | None, now: dt.datetime) -> QueryResult
     )
 
 
+def _stable_breaches_too(indicator: IndicatorCheck, stable: QueryResult | None) -> str | None:
+    """Why a breach is not the canary's: stable is out of the same absolute bound."""
+    if indicator.threshold_range is None or not isinstance(stable, Measurement):
+        return None
+    if within(stable.value, None, indicator.threshold_range, None):
+        return None
+    return (f"stable is out of it too ({stable.value:.4g}): the upstream's trouble, not the "
+            "canary's; not a breach")
+
+
 def evaluate(
     request: AnalysisRequest,
     gates: Sequence[MetricCheck],
@@ -176,6 +189,9 @@ def evaluate(
             canary.get(key), stable.get(key), indicator.threshold_range,
             indicator.relative_to_stable, "inconclusive",
         )
+        shared = _stable_breaches_too(indicator, stable.get(key)) if verdict is s.Verdict.FAIL else None
+        if shared is not None:
+            verdict, reason = s.Verdict.INCONCLUSIVE, f"{reason}; {shared}"
         if verdict is s.Verdict.FAIL and breach is None:
             breach = Breach(
                 indicator.metric, value,
