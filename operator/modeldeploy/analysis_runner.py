@@ -22,7 +22,8 @@ from Prometheus' targets API, trusted for ``SCRAPE_INTERVALS_TTL``) over the sho
 window that holds two samples (two scrape intervals), while gates keep
 ``analysis.interval``. A check between rounds queries the indicators and the canary's
 model requests only; it acts only on a breach (a passing check writes nothing, so it
-costs no API request), and only when the canary answered at least
+costs no API request), timed just after each scrape of the canary's pods lands (the newest
+sample's time, asked with the check), and only when the canary answered at least
 ``analysis.indicatorMinRequests`` model requests in that window: on fewer, one unlucky
 request would be a breach, so the analysis rounds alone judge. Only while stable serves
 traffic: stable is measured over the same window, and a breach it shows too is not the
@@ -44,6 +45,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -64,6 +66,9 @@ MAX_PROVIDERS = 64
 # looked up again after RESCAN_MISSING (its pods may not have been discovered yet).
 SCRAPE_INTERVALS_TTL = dt.timedelta(minutes=5)
 RESCAN_MISSING = dt.timedelta(seconds=10)
+# A check between rounds runs this long after the canary's next scrape is due (a sample is
+# queryable once its scrape has ended: milliseconds for a model pod's /metrics).
+AFTER_SCRAPE = dt.timedelta(seconds=0.5)
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,7 @@ class AnalysisRunner:
         self._scrape_intervals: dict[str, tuple[dt.datetime, dict[ResourceKey, dt.timedelta]]] = {}
         self._scrape_every: dict[ResourceKey, dt.timedelta | None] = {}
         self._indicators_checked: dict[ResourceKey, dt.datetime] = {}
+        self._canary_scraped: dict[ResourceKey, dt.datetime] = {}
         # The Secrets read by the last round: checks between rounds reuse them (a Secret
         # read per scrape interval would be an API request at that rate); rounds read anew.
         self._round_secrets: dict[ResourceKey, _Secrets] = {}
@@ -198,7 +204,8 @@ class AnalysisRunner:
     def forget(self, namespace: str, name: str) -> None:
         """A deleted resource: drop what the fast path kept for it."""
         key = (namespace, name)
-        for kept in (self._scrape_every, self._indicators_checked, self._round_secrets):
+        for kept in (self._scrape_every, self._indicators_checked, self._canary_scraped,
+                     self._round_secrets):
             kept.pop(key, None)
 
     async def measure(
@@ -249,13 +256,18 @@ class AnalysisRunner:
             # Not known at the last round (e.g. Prometheus had not discovered the pods yet).
             await self._learn_scrape_interval(md, provider, now)
         window = fast_window(analysis, self._scrape_every.get(key))
-        last = self._indicators_checked.get(key)
-        if window is None or not request.stable_serves_traffic or (
-                last is not None and now - last < window / 2):
+        if window is None or not request.stable_serves_traffic:
+            return None
+        due = self._next_check(key, window / 2)
+        if due is not None and now < due:
             return None
         self._indicators_checked[key] = now
-        canary, stable = await self._run(md, request, provider, [presets.TRAFFIC_GUARD_CHECK],
-                                         indicators, window_text(window))
+        canary, stable = await self._run(
+            md, request, provider, [presets.TRAFFIC_GUARD_CHECK, presets.LAST_SCRAPE_CHECK],
+            indicators, window_text(window))
+        scraped = canary.get(presets.LAST_SCRAPE)
+        if isinstance(scraped, Measurement):
+            self._canary_scraped[key] = dt.datetime.fromtimestamp(scraped.value, dt.UTC)
         answered = canary.get(presets.TRAFFIC_GUARD)
         requests = answered.value * window.total_seconds() if isinstance(answered, Measurement) else 0.0
         if requests < analysis.indicator_min_requests:
@@ -285,9 +297,22 @@ class AnalysisRunner:
         window = fast_window(analysis, scrape)
         if window is None:
             return None
+        due = self._next_check(key, scrape)
+        return 0.0 if due is None else max(0.0, (due - now).total_seconds())
+
+    def _next_check(self, key: ResourceKey, scrape: dt.timedelta | None) -> dt.datetime | None:
+        """When the next check between rounds is due (None: now): just after the canary's
+        next scrape lands, so a breach is seen within a query of reaching Prometheus
+        (unaligned checks would add up to a scrape interval); a scrape interval after the
+        last check while the scrape times are not known."""
         last = self._indicators_checked.get(key)
-        due = now if last is None else last + window / 2
-        return max(0.0, (due - now).total_seconds())
+        if last is None or scrape is None:
+            return None
+        scraped = self._canary_scraped.get(key)
+        if scraped is None:
+            return last + scrape
+        after = scraped + AFTER_SCRAPE
+        return after + scrape * (math.floor((last - after) / scrape) + 1)
 
     async def _learn_scrape_interval(
         self, md: s.ModelDeployment, provider: MetricProvider, now: dt.datetime

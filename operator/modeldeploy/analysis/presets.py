@@ -172,6 +172,12 @@ TRAFFIC_GUARD = "(model requests)"
 # The revision's answered model requests per second in the window: zero, or no series at
 # all, means nothing in the window says how the revision serves real requests.
 TRAFFIC_GUARD_CHECK = MetricCheck(TRAFFIC_GUARD, _ANSWERED, traffic_guard=True)
+# When Prometheus last scraped the revision's pods (Unix seconds: the newest sample): checks
+# of the indicators between rounds are timed just after the next scrape lands.
+LAST_SCRAPE = "(last scrape)"
+LAST_SCRAPE_CHECK = MetricCheck(
+    LAST_SCRAPE, f"max(timestamp(model_requests_total{{{_SEL}}}))", traffic_guard=True
+)
 
 
 @dataclass(frozen=True)
