@@ -26,8 +26,8 @@ costs no API request), timed just after each scrape of the canary's pods lands (
 sample's time, asked with the check), and only when the canary answered at least
 ``analysis.indicatorMinRequests`` model requests in that window: on fewer, one unlucky
 request would be a breach, so the analysis rounds alone judge. Only while stable serves
-traffic: stable is measured over the same window, and the check acts only while stable is
-well (:func:`stable_troubled`: within half of the bound). At 100% (the full step, the
+traffic: stable is measured over the same window, and a breach while stable is troubled
+too is not the canary's (:func:`~modeldeploy.analysis.evaluate.stable_troubled`). At 100% (the full step, the
 bake) there is nothing to compare with, and a short window would turn a few seconds of a
 provider's trouble (a burst of 429s) into a revert: the rounds judge over
 ``analysis.interval``. Where the scrape interval is
@@ -164,27 +164,6 @@ def window_text(window: dt.timedelta) -> str:
     return f"{round(window.total_seconds() * 1000)}ms"
 
 
-def stable_troubled(
-    metric: str, indicators: list[presets.IndicatorCheck], stable: dict[str, QueryResult]
-) -> bool:
-    """Whether stable, over the same short window, is past half of the indicator's absolute
-    bound (max: above half of it; a min within 0..1, a rate: below half-way from it to 1).
-
-    A burst of provider 429s fails a canary with a cold cache more often than a stable whose
-    cache answers most requests without the provider: stable is then troubled without being
-    out of the bound, and a few seconds of the burst fill a short window. A check between
-    rounds acts only on a canary that is bad while stable is well; the rounds judge the rest
-    over ``analysis.interval``."""
-    indicator = next((i for i in indicators if i.metric == metric), None)
-    measured = stable.get(metric + INDICATOR_SUFFIX)
-    if indicator is None or indicator.threshold_range is None or not isinstance(measured, Measurement):
-        return False
-    bound = indicator.threshold_range
-    if bound.max is not None and bound.max >= 0 and measured.value > bound.max / 2:
-        return True
-    return bound.min is not None and 0 <= bound.min <= 1 and measured.value < (1 + bound.min) / 2
-
-
 def fast_breach(
     report: AnalysisReport, requests: float, window: dt.timedelta
 ) -> AnalysisReport | None:
@@ -285,7 +264,7 @@ class AnalysisRunner:
         self._indicators_checked[key] = now
         canary, stable = await self._run(
             md, request, provider, [presets.TRAFFIC_GUARD_CHECK, presets.LAST_SCRAPE_CHECK],
-            indicators, window_text(window))  # stable: every indicator (see stable_troubled)
+            indicators, window_text(window))
         scraped = canary.get(presets.LAST_SCRAPE)
         if isinstance(scraped, Measurement):
             self._canary_scraped[key] = dt.datetime.fromtimestamp(scraped.value, dt.UTC)
@@ -294,8 +273,6 @@ class AnalysisRunner:
         if requests < analysis.indicator_min_requests:
             return None  # too few requests to tell a fault from one unlucky answer
         report = judge_round(analysis, status, request, canary, stable, now, ([], indicators))
-        if report.breach is not None and stable_troubled(report.breach.metric, indicators, stable):
-            return None  # the upstream may be in trouble: the rounds judge over the longer window
         breach = fast_breach(report, requests, window)
         if breach is not None:
             self._count(md, breach)

@@ -13,10 +13,11 @@ Counting, as Argo Rollouts' consecutive counters and Flagger's failed checks do 
   with ``noData: fail``, no data counts as a failure (provider errors stay inconclusive:
   an unreachable Prometheus says nothing about the canary);
 - a rollback indicator breaches only on a real value out of range: missing data never
-  reverts anything; nor does a bound that stable, measured in the same window, is out of
-  too (while stable serves traffic): a provider's burst of 429s or an outage hits both
-  tracks, and is not the canary's fault. Such a round is inconclusive for the indicator,
-  and the gates still count it (a fault that lasts fails them failureLimit + 1 times);
+  reverts anything; nor does one while stable, measured in the same window (while it
+  serves traffic), is troubled too (:func:`stable_troubled`: past half of the bound): a
+  provider's burst of 429s or an outage is not the canary's fault. Such a round is
+  inconclusive for the indicator, and the gates still count it (a fault that lasts fails
+  them failureLimit + 1 times);
 - a round whose traffic guard (presets.TRAFFIC_GUARD: the revision's model requests in
   the window) reads zero or nothing is no data for every gate, whatever the gates read:
   a blue-green preview that only probes reached, or a canary the router starves, shows
@@ -122,14 +123,25 @@ def _without_traffic(guard: QueryResult | None, now: dt.datetime) -> QueryResult
     )
 
 
-def _stable_breaches_too(indicator: IndicatorCheck, stable: QueryResult | None) -> str | None:
-    """Why a breach is not the canary's: stable is out of the same absolute bound."""
-    if indicator.threshold_range is None or not isinstance(stable, Measurement):
+def stable_troubled(indicator: IndicatorCheck, stable: QueryResult | None) -> str | None:
+    """Why a breach is not the canary's, or None: stable, measured in the same window, is
+    past half of the indicator's absolute bound (max: above half of it; a min within 0..1,
+    a rate: below half-way from it to 1).
+
+    A provider's burst of 429s or an outage hits both tracks; it fails a canary with a cold
+    cache more often than a stable whose cache answers most requests without the provider,
+    so stable is troubled without being out of the bound itself. Reverting the canary would
+    not be the fix: the gates judge such rounds (a fault that lasts fails them)."""
+    bound = indicator.threshold_range
+    if bound is None or not isinstance(stable, Measurement):
         return None
-    if within(stable.value, None, indicator.threshold_range, None):
+    value = stable.value
+    past_max = bound.max is not None and bound.max >= 0 and value > bound.max / 2
+    past_min = bound.min is not None and 0 <= bound.min <= 1 and value < (1 + bound.min) / 2
+    if not (past_max or past_min):
         return None
-    return (f"stable is out of it too ({stable.value:.4g}): the upstream's trouble, not the "
-            "canary's; not a breach")
+    return (f"stable is troubled too ({value:.4g}, past half of the bound): the upstream's "
+            "trouble, not the canary's; not a breach")
 
 
 def evaluate(
@@ -189,7 +201,7 @@ def evaluate(
             canary.get(key), stable.get(key), indicator.threshold_range,
             indicator.relative_to_stable, "inconclusive",
         )
-        shared = _stable_breaches_too(indicator, stable.get(key)) if verdict is s.Verdict.FAIL else None
+        shared = stable_troubled(indicator, stable.get(key)) if verdict is s.Verdict.FAIL else None
         if shared is not None:
             verdict, reason = s.Verdict.INCONCLUSIVE, f"{reason}; {shared}"
         if verdict is s.Verdict.FAIL and breach is None:

@@ -136,4 +136,4 @@ def test_a_fault_stable_shows_too_is_judged_by_the_gates_not_the_indicators(
     assert "failed 3 times in a row" in status["message"]
     indicator = metric_status(status, "error-rate (rollback indicator)")
     assert indicator["verdict"] == "Inconclusive" and indicator["value"] > 0.05
-    assert "stable is out of it too" in indicator["message"], indicator
+    assert "stable is troubled too" in indicator["message"], indicator

@@ -1,4 +1,5 @@
-"""The rules of the checks of rollback indicators between analysis rounds (the fast path).
+"""The rules of the checks of rollback indicators between analysis rounds (the fast path),
+and when a breach is not the canary's (stable troubled too, at rounds and between them).
 
 The integration scenario (tests/integration/analysis/test_analysis_indicator_fast_path.py)
 shows a revert between rounds; these pin the decisions around it: when there is a fast
@@ -12,8 +13,8 @@ import datetime as dt
 import pytest
 from modeldeploy import spec as s
 from modeldeploy.analysis import presets
-from modeldeploy.analysis.evaluate import INDICATOR_SUFFIX
-from modeldeploy.analysis_runner import AnalysisRunner, fast_window, stable_troubled
+from modeldeploy.analysis.evaluate import stable_troubled
+from modeldeploy.analysis_runner import AnalysisRunner, fast_window
 from modeldeploy.measurement import Measurement, NoData
 
 NOW = dt.datetime(2026, 12, 2, 9, 0, tzinfo=dt.UTC)
@@ -44,17 +45,15 @@ def test_a_fast_path_exists_when_the_scrape_is_shorter_than_the_rounds(
     (SUCCESS, 1.0, False), (SUCCESS, 0.93, False), (SUCCESS, 0.9, True),
 ], ids=["no errors", "half the bound", "past half", "past the bound", "all succeed",
         "above half-way to 1", "below half-way"])
-def test_a_breach_between_rounds_needs_a_stable_that_is_well(
+def test_a_breach_needs_a_stable_that_is_well(
     indicator: presets.IndicatorCheck, stable_value: float, troubled: bool
 ) -> None:
-    stable = {indicator.metric + INDICATOR_SUFFIX: Measurement(stable_value, NOW)}
-    assert stable_troubled(indicator.metric, [indicator], stable) is troubled
+    assert (stable_troubled(indicator, Measurement(stable_value, NOW)) is not None) is troubled
 
 
-def test_a_stable_without_data_does_not_defer_the_check() -> None:
+def test_a_stable_without_data_does_not_excuse_a_breach() -> None:
     """Stable measured nothing (e.g. no series yet): nothing says the upstream is troubled."""
-    stable = {"error-rate" + INDICATOR_SUFFIX: NoData("no series", NOW)}
-    assert not stable_troubled("error-rate", [ERRORS], stable)
+    assert stable_troubled(ERRORS, NoData("no series", NOW)) is None
 
 
 def test_checks_are_timed_just_after_each_scrape_of_the_canary() -> None:
