@@ -129,6 +129,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_taken(port: int) -> bool:
+    """Whether a server could not listen on ``port`` now (uvicorn binds with SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
 def resolve_image(image: str) -> tuple[str, str]:
     """(package, tag) for a sandbox image; ValueError naming the image and the fix otherwise."""
     match = IMAGE_PATTERN.match(image or "")
@@ -505,9 +516,27 @@ class Kubelet:
                     await self._start(runtime, pod, container)
                 continue  # nothing to probe: a pause container is ready once started
             if container.process is None and now >= container.next_start:
+                if container.restart_count and port_taken(container.port):
+                    await self._move_port(runtime, container)
                 await self._start(runtime, pod, container)
             if container.running:
                 await self._probe(container, now)
+
+    async def _move_port(self, runtime: PodRuntime, container: Container) -> None:
+        """Give a restarting container a new port when its own is taken.
+
+        A pod's port stands for its IP, which no other pod shares on a real node; here a
+        port picked free may be taken before the process listens (another process's
+        connection can get it as its ephemeral source port, and keep it), and the
+        container would crash-loop on "address already in use" for as long as that lasts.
+        """
+        container.port = free_port()
+        if container is runtime.containers[0]:
+            updated = await self.client.merge_patch(
+                f"/api/v1/namespaces/{runtime.namespace}/pods/{runtime.name}",
+                {"metadata": {"annotations": {PORT_ANNOTATION: str(container.port)}}},
+            )
+            self.pods.remember(updated)
 
     def _record_exit(self, container: Container, now: float) -> None:
         assert container.process is not None

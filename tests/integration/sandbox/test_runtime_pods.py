@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,47 @@ def test_a_killed_process_is_restarted_and_its_restart_counted(
     assert container_pid(current) != first_pid
     assert pid_alive(container_pid(current))
     wait_deployment_ready(kube, namespace, "web", 1)
+
+
+def test_a_container_whose_port_was_taken_restarts_on_a_new_one(kube: KubeAPI, namespace: str) -> None:
+    """A port picked free can be taken before the process listens (another process's
+    connection may get it as its source port): the container must not crash-loop on
+    "address already in use" for as long as that lasts, as a pod's own IP never would."""
+    kube.create(deployment("web", namespace, replicas=1))
+    pod = wait_deployment_ready(kube, namespace, "web", 1)[0]
+    name, port = pod["metadata"]["name"], int(pod["metadata"]["annotations"][PORT_ANNOTATION])
+
+    os.kill(container_pid(pod), signal.SIGKILL)
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the probes' TIME_WAIT
+    deadline = time.monotonic() + 10
+    while True:  # take the port the moment the killed process lets it go
+        try:
+            squatter.bind(("127.0.0.1", port))
+            break
+        except OSError:
+            assert time.monotonic() < deadline, f"port {port} never freed"
+            time.sleep(0.005)  # polling a condition with a deadline
+    squatter.listen()
+    try:
+        def ready_elsewhere() -> JSON | None:
+            current = kube.get("Pod", namespace, name) or {}
+            moved = current.get("metadata", {}).get("annotations", {}).get(PORT_ANNOTATION) != str(port)
+            statuses = current.get("status", {}).get("containerStatuses") or [{}]
+            if not (moved and statuses[0].get("ready") and pid_alive(container_pid(current))):
+                return None  # (a status written before the move may still say ready)
+            try:
+                answered = httpx.get(f"http://127.0.0.1:{current['metadata']['annotations'][PORT_ANNOTATION]}"
+                                     "/health", timeout=2)
+            except httpx.HTTPError:
+                return None
+            return current if answered.status_code == 200 else None
+
+        current = wait_until(ready_elsewhere, timeout=60, what="the container ready on a new port")
+    finally:
+        squatter.close()
+    assert process_env(current)["PORT"] == current["metadata"]["annotations"][PORT_ANNOTATION]
+    assert current["status"]["containerStatuses"][0]["restartCount"] >= 1
 
 
 def test_a_pod_needing_a_gpu_stays_pending_unschedulable_and_the_deadline_passes(
