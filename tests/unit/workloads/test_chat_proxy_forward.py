@@ -107,18 +107,20 @@ def test_connections_are_kept_alive_and_reused() -> None:
     assert len(upstream.requests) == 3 and upstream.connections == 1
 
 
+async def three_in_turn(url: str) -> None:
+    """Three completions one after another; the pause lets a server's close reach the client
+    first (whether it does or not, each request must get its answer)."""
+    sender = forwarder(url)
+    for _ in range(3):
+        assert (await sender.forward(KWARGS))[1] == b"{}"
+        await asyncio.sleep(0.01)
+
+
 def test_a_connection_the_server_closed_is_not_reused_and_connection_close_is_honoured() -> None:
     closing = Upstream(lambda n, r: answer(200, b"{}", {"Connection": "close"}))
     dropping = Upstream(lambda n, r: answer(200, b"{}"), close_after_each=True)
     for upstream in (closing, dropping):
-
-        async def test(url: str) -> None:
-            sender = forwarder(url)
-            for _ in range(3):
-                assert (await sender.forward(KWARGS))[1] == b"{}"
-                await asyncio.sleep(0.01)
-
-        run(upstream, test)
+        run(upstream, three_in_turn)
         assert len(upstream.requests) == 3 and upstream.connections == 3
 
 
@@ -129,14 +131,7 @@ def test_a_reused_connection_closed_as_it_was_used_is_retried_once_on_a_fresh_on
     # looks usable (as when the close crosses the next request on the wire).
     monkeypatch.setattr(forward._Connection, "usable", lambda self, now: True)
     upstream = Upstream(lambda n, r: answer(200, b"{}"), close_after_each=True)
-
-    async def test(url: str) -> None:
-        sender = forwarder(url)
-        for _ in range(3):
-            assert (await sender.forward(KWARGS))[1] == b"{}"
-            await asyncio.sleep(0.01)
-
-    run(upstream, test)
+    run(upstream, three_in_turn)
     assert len(upstream.requests) == 3 and upstream.connections == 3
 
 
