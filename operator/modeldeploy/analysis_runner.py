@@ -248,10 +248,15 @@ class AnalysisRunner:
         analysis = md.spec.analysis
         assert analysis is not None
         key = (md.metadata.namespace, md.metadata.name)
-        if not indicators:
+        if not indicators or not request.stable_serves_traffic:
             return None
-        secrets = self._round_secrets.get(key) or await self._secrets(md)
-        provider = self._provider(analysis.provider, secrets)
+        known = fast_window(analysis, self._scrape_every.get(key))
+        due = None if known is None else self._next_check(key, known / 2)
+        if due is not None and now < due:
+            return None  # most ticks end here: nothing read, nothing asked
+        if key not in self._round_secrets:  # read once (after a restart, before any round)
+            self._round_secrets[key] = await self._secrets(md)
+        provider = self._provider(analysis.provider, self._round_secrets[key])
         if self._scrape_every.get(key) is None:
             # Not known at the last round (e.g. Prometheus had not discovered the pods yet).
             await self._learn_scrape_interval(md, provider, now)
