@@ -326,7 +326,7 @@ def report(args: argparse.Namespace, results: list[RunResult], took_s: float) ->
           f"{args.interval} | traffic {args.rate:g} req/s over {args.songs} songs (Zipf-like) | "
           f"{REPLICAS} replicas, gatewayAPI route | steps setWeight 10 -> analysis x2 -> setWeight 50 "
           f"-> analysis x2 -> 100% -> bake {args.bake} | song-analyzer preset (rollback indicators "
-          "error-rate > 5%, latency-p95 > 20s; gates error-rate <= 2%, latency-p95 <= 10s, cost)")
+          "uncached-error-rate > 5%, latency-p95 > 20s; gates error-rate <= 2%, latency-p95 <= 10s, cost)")
     print(f"noise (stable and canary): upstream errors {args.upstream_error_rate:.0%} (500) | latency "
           f"{args.latency:g}s +-{args.jitter:.0%} | one {args.burst:g}s burst of 429 (Retry-After "
           f"{args.retry_after}s) per run | "

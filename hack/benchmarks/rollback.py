@@ -32,11 +32,11 @@ fake upstream starts failing that model's calls and the clock starts. ``--fault`
 
 - errors (default): ``--error-rate`` of the model's answers are unusable (content that is
   not JSON; song-analyzer answers 502 and never retries it); caught by song-analyzer's
-  rollback indicator error-rate > 5%.
+  rollback indicator uncached-error-rate > 5%.
 - timeouts: ``--error-rate`` of the model's calls hang (30 s) past song-analyzer's upstream
   deadline, which the bench manifests set to LLM_TIMEOUT=2 s (the service's default is
   120 s, examples/ 30 s): song-analyzer answers 504, counted outcome ``timeout``, which
-  the same error-rate indicator counts (outcome error or timeout). A request is known to
+  the same uncached-error-rate indicator counts (outcome error or timeout). A request is known to
   have failed only when its deadline passes, so the floor adds those 2 s.
 - slow: every answer of the model takes 3 s (the fake upstream's latency). The preset's
   latency-p95 rollback indicator (> 20 s) would need a 20 s+ fault, too slow for a
@@ -228,7 +228,7 @@ def manifest(model: str, args: argparse.Namespace, sandbox: Sandbox) -> Manifest
         timeout["value"] = f"{TIMEOUT_LLM_S:g}"
     if args.fault == "slow":
         spec["analysis"]["rollbackIndicators"] = [
-            {"metric": "error-rate", "thresholdRange": {"max": 0.05}},
+            {"metric": "uncached-error-rate", "thresholdRange": {"max": 0.05}},
             {"metric": "latency-p95", "thresholdRange": {"max": SLOW_INDICATOR_S}},
         ]
     return body
@@ -237,10 +237,10 @@ def manifest(model: str, args: argparse.Namespace, sandbox: Sandbox) -> Manifest
 def fault_text(args: argparse.Namespace) -> str:
     if args.fault == "errors":
         return (f"{args.error_rate:.0%} of the model's answers unusable (502) | "
-                "rollback indicator error-rate > 5%")
+                "rollback indicator uncached-error-rate > 5%")
     if args.fault == "timeouts":
         return (f"{args.error_rate:.0%} of the model's calls hang {TIMEOUT_HANG_S:g}s past LLM_TIMEOUT="
-                f"{TIMEOUT_LLM_S:g}s (504, outcome timeout) | rollback indicator error-rate > 5%")
+                f"{TIMEOUT_LLM_S:g}s (504, outcome timeout) | rollback indicator uncached-error-rate > 5%")
     return (f"every answer of the model {SLOW_LATENCY_S:g}s slow | the bench's own rollback indicator "
             f"latency-p95 > {SLOW_INDICATOR_S:g}s (the preset's is > 20s)")
 

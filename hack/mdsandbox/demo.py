@@ -8,7 +8,7 @@ What it does, each step for real:
 3. deploys song-analyzer (pointed at the sandbox's fake OpenAI upstream) and sends it live
    traffic: a few new songs a second through the Service's data-plane port;
 4. rolls out a healthy new fine-tune (promoted) and then a failing one (its upstream
-   model fails 30% of calls), which the rollback indicator ``error-rate > 5%`` reverts;
+   model fails 30% of calls), which the rollback indicator ``uncached-error-rate > 5%`` reverts;
 5. prints the timeline (elapsed time, step, weight, each metric against its thresholds,
    the decision) and a summary, then stops the operator and the sandbox.
 

@@ -360,6 +360,7 @@ class Preset(StrEnum):
     SUCCESS_RATE = "success-rate"
     ERROR_RATE = "error-rate"
     TIMEOUT_RATE = "timeout-rate"
+    UNCACHED_ERROR_RATE = "uncached-error-rate"
     LATENCY_P95 = "latency-p95"
     MEAN_LATENCY = "mean-latency"
     COST_PER_REQUEST = "cost-per-request"

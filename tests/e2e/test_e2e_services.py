@@ -45,7 +45,7 @@ IMAGE_TIMEOUT_S 180 -> 120; song-analyzer: a new fine-tune; chat-proxy: UPSTREAM
   IMAGE_TIMEOUT_S scaled down from 180 to 1: the timeout-rate indicator (max 10%) reverts it.
 - song-analyzer: a bad fine-tune: the new LLM_MODEL answers 30% of the songs with content
   that is not the JSON asked for (malformed_rate 0.3) and a second slower (latency_s 1): the
-  error-rate indicator (max 5%) reverts it.
+  uncached-error-rate indicator (max 5%) reverts it.
 - chat-proxy: the new revision's UPSTREAM_BASE_URL points at a second fake upstream
   ("badupstream", created before the first revision, so its link variables exist) that
   answers 15% of the calls 503 and 15% with a 200 whose body is not a chat completion
@@ -202,9 +202,9 @@ SERVICES = [
     pytest.param(Service(
         "song-analyzer", "analyze", realistic_song, {"LLM_MODEL": SONG_MODEL.format("v4")},
         {"error-rate": "max 0.02", "latency-p95": "max 10", "cost-per-request": "max 0.002"},
-        Fault({"LLM_MODEL": SONG_MODEL.format("v5")}, ("error-rate",),
+        Fault({"LLM_MODEL": SONG_MODEL.format("v5")}, ("uncached-error-rate",),
               upstream={SONG_MODEL.format("v5"): {"malformed_rate": 0.3, "latency_s": 1.0}},
-              failing="error-rate"),
+              failing="uncached-error-rate"),
     ), id="song-analyzer"),
     pytest.param(Service(
         "chat-proxy", "api/v1/chat/completions", chat_request, {"UPSTREAM_TIMEOUT_S": "30"},

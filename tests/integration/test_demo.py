@@ -1,7 +1,7 @@
 """The README's first command, `./hack/demo`, run for real as a user runs it.
 
 It sets itself up, starts its own sandbox and operator, promotes a healthy model, rolls a
-failing one back on the error-rate indicator, prints the timeline, and must leave no
+failing one back on the uncached-error-rate indicator, prints the timeline, and must leave no
 process behind: none whose command line, environment or working directory names the
 demo's sandbox folder (the supervisor, Prometheus, the pods, the operator's KUBECONFIG).
 """
@@ -61,16 +61,17 @@ def test_the_demo_promotes_a_healthy_model_rolls_back_a_failing_one_and_leaves_n
     assert re.search(r"PROMOTED: revision \w+ serves all traffic", output)
     # Each analysis round: every metric's value against its thresholds, and the decision.
     assert re.search(
-        r"analysis: error-rate 0 \[gate max 0\.02: pass \| rollback max 0\.05: ok\]\s+"
+        r"analysis: error-rate 0 \[gate max 0\.02: pass\]\s+"
         r"latency-p95 [\d.e-]+ \[gate max 10: pass \| rollback max 20: ok\]\s+"
-        r"cost-per-request [\d.e-]+ \[gate max 0\.0016: pass\]\s+=> pass", output)
+        r"cost-per-request [\d.e-]+ \[gate max 0\.0016: pass\]\s+"
+        r"uncached-error-rate 0 \[rollback max 0\.05: ok\]\s+=> pass", output)
     assert re.search(
-        r"analysis: error-rate 0\.\d+ \[gate max 0\.02: FAIL \| rollback max 0\.05: BREACHED\].*"
-        r"=> revert now", output)
+        r"analysis: error-rate 0\.\d+ \[gate max 0\.02: FAIL\].*"
+        r"uncached-error-rate 0\.\d+ \[rollback max 0\.05: BREACHED\]\s+=> revert now", output)
     # The automatic rollback, with the metric, its value and the threshold.
     assert re.search(
-        r"RolledBack\s+canary weight\s+\d+%\s+rollback indicator error-rate = 0\.\d+ breached max 0\.05",
-        output)
+        r"RolledBack\s+canary weight\s+\d+%\s+rollback indicator uncached-error-rate = 0\.\d+ "
+        r"breached max 0\.05", output)
     assert re.search(r"all traffic back on stable \w+", output)
     assert re.search(r"detection: \d+\.\ds from its first request to the rollback", output)
     assert "The sandbox and the operator are already stopped" in output

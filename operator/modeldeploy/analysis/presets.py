@@ -17,6 +17,16 @@ with none in its window is no data for every gate, never a pass. Probes and scra
 not model requests (the services do not count them), so a blue-green preview nobody sends
 real traffic to stays inconclusive however healthy its probes are.
 
+``uncached-error-rate`` is what the two services with a cache (song-analyzer, orchestrator)
+revert on at once: failed requests over the answered ones the cache did not answer
+(``model_cache_requests_total{result="hit"}``), i.e. over those that reached the model. A
+new revision starts with an empty cache, so a provider's trouble (a burst of 429s, an
+outage) fails a larger share of its requests than of a warm stable's; over its uncached
+requests both fail alike, so the trouble shows on stable too and is not taken for the
+canary's (:func:`modeldeploy.analysis.evaluate.stable_troubled`), while a canary that fails
+on its own shows the same or higher than its plain error rate. The gates keep the plain
+``error-rate``: what users saw, judged over rounds.
+
 ``memory-utilization`` is the one built-in metric not of the metric contract: the
 highest working set / memory limit over the revision's containers, from the standard
 series a cluster's monitoring already has. The working set is cAdvisor's
@@ -74,6 +84,7 @@ _ANSWERED = _requests('outcome!="rejected"')
 _SUCCEEDED = _requests('outcome="success"')
 _FAILED = _requests('outcome=~"error|timeout"')
 _TIMED_OUT = _requests('outcome="timeout"')
+_CACHE_HITS = f'sum(rate(model_cache_requests_total{{{_SEL},result="hit"}}[{{{{interval}}}}]))'
 # Every revision of this ModelDeployment: the whole service's answered traffic.
 _ANSWERED_ALL_REVISIONS = (
     'sum(rate(model_requests_total{namespace="{{namespace}}",modeldeploy_name="{{name}}",'
@@ -113,6 +124,10 @@ BUILTIN_QUERIES: dict[str, str] = {
     "success-rate": f"{_or_zero(_SUCCEEDED)} / {_ANSWERED}",
     "error-rate": f"{_or_zero(_FAILED)} / {_ANSWERED}",
     "timeout-rate": f"{_or_zero(_TIMED_OUT)} / {_ANSWERED}",
+    # The error rate of the requests the service's cache did not answer (see the module
+    # docstring): a revision's failures on the same footing whatever its cache holds. Where
+    # the service has no cache (no hit series) it is the error rate.
+    "uncached-error-rate": f"{_or_zero(_FAILED)} / ({_ANSWERED} - {_or_zero(_CACHE_HITS)})",
     "latency-p95": (
         "histogram_quantile(0.95, sum by (le) "
         f"(rate(model_request_duration_seconds_bucket{{{_SEL}}}[{{{{interval}}}}])))"
@@ -129,8 +144,7 @@ BUILTIN_QUERIES: dict[str, str] = {
     # at 5%, 50% and 100%, and canary with stable.
     "cost-per-hour": f"{_COST} * 3600 * ({_ANSWERED_ALL_REVISIONS} / {_ANSWERED})",
     "cache-hit-rate": (
-        _or_zero(f'sum(rate(model_cache_requests_total{{{_SEL},result="hit"}}[{{{{interval}}}}]))')
-        + " / "
+        _or_zero(_CACHE_HITS) + " / "
         f"sum(rate(model_cache_requests_total{{{_SEL}}}[{{{{interval}}}}]))"
     ),
     # The revision's fullest container: its peak working set over its memory limit.
@@ -144,6 +158,7 @@ GENERIC_THRESHOLDS: dict[str, s.ThresholdRange | None] = {
     "success-rate": s.ThresholdRange(min=0.95),
     "error-rate": s.ThresholdRange(max=0.05),
     "timeout-rate": s.ThresholdRange(max=0.05),
+    "uncached-error-rate": s.ThresholdRange(max=0.05),
     "latency-p95": s.ThresholdRange(max=10.0),
     "mean-latency": s.ThresholdRange(max=5.0),
     "cost-per-request": None,  # no sensible default: set thresholdRange or relativeToStable
@@ -216,7 +231,7 @@ BUNDLES: dict[str, tuple[list[MetricCheck], list[IndicatorCheck]]] = {
          # with room for long songs while a pricier model (a gpt-4o fine-tune costs 12.5x,
          # a gpt-4.1-mini fine-tune 2.7x) is caught.
          _gate("cost-per-request", R(max=0.0016))],
-        [_indicator("error-rate", R(max=0.05)), _indicator("latency-p95", R(max=20.0))],
+        [_indicator("uncached-error-rate", R(max=0.05)), _indicator("latency-p95", R(max=20.0))],
     ),
     "chat-proxy": (
         [_gate("error-rate", R(max=0.05)), _gate("availability", R(min=1.0))],
@@ -229,7 +244,7 @@ BUNDLES: dict[str, tuple[list[MetricCheck], list[IndicatorCheck]]] = {
         # healthy canary in its first round. A cache that stays cold still fails the gate.
         [_gate("error-rate", R(max=0.05)), _gate("latency-p95", R(max=5.0)),
          _gate("cache-hit-rate", R(min=0.5)), _gate("cost-per-hour", R(max=10.0))],
-        [_indicator("error-rate", R(max=0.10)), _indicator("latency-p95", R(max=10.0)),
+        [_indicator("uncached-error-rate", R(max=0.10)), _indicator("latency-p95", R(max=10.0)),
          _indicator("cost-per-hour", R(max=50.0))],
     ),
     "textgen": (

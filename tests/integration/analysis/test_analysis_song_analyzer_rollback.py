@@ -1,6 +1,6 @@
 """song-analyzer: a revision whose fine-tune answers 30% of requests with unusable output (not the
 JSON asked for, a 502 each: never retried, unlike a provider's 5xx) is reverted by the
-error-rate indicator."""
+uncached-error-rate indicator (the error rate of the requests its cache did not answer)."""
 
 from __future__ import annotations
 
@@ -63,8 +63,8 @@ def test_a_canary_whose_model_fails_30_percent_is_rolled_back_by_the_error_rate_
     assert not status.get("canaryRevision")
     report_detection("song-analyzer", applied, status)
     message = status["message"]
-    assert message.startswith("rollback indicator error-rate = "), message
-    value = message.removeprefix("rollback indicator error-rate = ").split()[0]
+    assert message.startswith("rollback indicator uncached-error-rate = "), message
+    value = message.removeprefix("rollback indicator uncached-error-rate = ").split()[0]
     assert float(value) > 0.05
     assert "breached max 0.05" in message and f"(revision {canary})" in message
     for type_ in ("RolledBack", "Degraded"):
@@ -81,7 +81,7 @@ def test_a_canary_whose_model_fails_30_percent_is_rolled_back_by_the_error_rate_
     assert message in event["message"]  # metric, value, threshold and revision
 
     # status.analysis holds each metric's last value, threshold, verdict and time.
-    indicator = metric_status(status, "error-rate (rollback indicator)")
+    indicator = metric_status(status, "uncached-error-rate (rollback indicator)")
     assert indicator["verdict"] == "Fail" and indicator["threshold"] == "max 0.05"
     assert f"{indicator['value']:g}" == value and indicator["time"]
     for gate in ("error-rate", "latency-p95", "cost-per-request"):
@@ -98,7 +98,7 @@ def test_a_canary_whose_model_fails_30_percent_is_rolled_back_by_the_error_rate_
                                    namespace=namespace, name=NAME)
     assert measurements > measurements_before
     assert operator_metric(operator.metrics_port, "modeldeploy_analysis_measurements_total",
-                           namespace=namespace, name=NAME, metric="error-rate (rollback indicator)",
+                           namespace=namespace, name=NAME, metric="uncached-error-rate (rollback indicator)",
                            verdict="Fail") >= 1
     assert operator_metric(operator.metrics_port, "modeldeploy_rollouts_total",
                            namespace=namespace, name=NAME, result="RolledBack") == 1
