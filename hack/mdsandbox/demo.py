@@ -381,7 +381,12 @@ def analysis_line(metrics: list[Manifest]) -> str:
 
 
 def indicator_word(indicator: Manifest) -> str:
-    return {"Pass": "ok", "Fail": "BREACHED"}.get(str(indicator.get("verdict")), "no data")
+    verdict = str(indicator.get("verdict"))
+    if verdict == "Inconclusive" and indicator.get("value") is not None:
+        # Out of range, but not the canary's to answer for yet (stable troubled too, or
+        # no stable to compare with): the status message says which.
+        return "not acted on"
+    return {"Pass": "ok", "Fail": "BREACHED"}.get(verdict, "no data")
 
 
 def round_decision(metrics: list[Manifest]) -> str:

@@ -501,7 +501,8 @@ class Metric(Model):
 
 
 class RollbackIndicator(Model):
-    """A metric whose single breach reverts the canary at once (no failureLimit)."""
+    """A metric whose single breach reverts the canary at once (no failureLimit) while stable
+    serves traffic; at 100% (nothing to compare with), after 3 breaching rounds in a row."""
 
     metric: MetricName = Field(description="A built-in metric or one listed in analysis.metrics.")
     threshold_range: ThresholdRange | None = None

@@ -18,6 +18,11 @@ Counting, as Argo Rollouts' consecutive counters and Flagger's failed checks do 
   provider's burst of 429s or an outage is not the canary's fault. Such a round is
   inconclusive for the indicator, and the gates still count it (a fault that lasts fails
   them failureLimit + 1 times);
+- while stable serves no traffic (100%: the full step, the bake, after a blue-green
+  switch) there is nothing to tell a canary's fault from a provider's burst in the same
+  window but how long it lasts: an indicator reverts after ``BREACHES_WITHOUT_STABLE``
+  (3) breaching rounds in a row, as a gate with the default failureLimit would, and each
+  breach before that is inconclusive for the indicator;
 - a round whose traffic guard (presets.TRAFFIC_GUARD: the revision's model requests in
   the window) reads zero or nothing is no data for every gate, whatever the gates read:
   a blue-green preview that only probes reached, or a canary the router starves, shows
@@ -36,6 +41,10 @@ from modeldeploy.analysis.report import AnalysisFailure, AnalysisReport, Analysi
 from modeldeploy.measurement import Measurement, NoData, QueryError, QueryResult
 
 INDICATOR_SUFFIX = " (rollback indicator)"
+# Breaches in a row that revert when stable serves no traffic (100%: the full step, the
+# bake, after a blue-green switch): a gate's default failureLimit (2) + 1. Nothing in the
+# window tells a canary's fault from a provider's burst then, only how long it lasts.
+BREACHES_WITHOUT_STABLE = 3
 
 
 def _stamp(moment: dt.datetime) -> str:
@@ -204,16 +213,30 @@ def evaluate(
         shared = stable_troubled(indicator, stable.get(key)) if verdict is s.Verdict.FAIL else None
         if shared is not None:
             verdict, reason = s.Verdict.INCONCLUSIVE, f"{reason}; {shared}"
+        last = before.get(key)
+        breaches = (last.consecutive_failures + 1 if last else 1) if verdict is s.Verdict.FAIL else 0
+        if verdict is s.Verdict.FAIL and not request.stable_serves_traffic and (
+            breaches < BREACHES_WITHOUT_STABLE
+        ):
+            verdict, reason = s.Verdict.INCONCLUSIVE, (
+                f"{reason}; stable serves no traffic to compare with, so a provider's trouble "
+                f"would look the same: breached {breaches} time{'s' if breaches > 1 else ''} in "
+                f"a row, reverts at {BREACHES_WITHOUT_STABLE}"
+            )
+        lasted = (f"{breaches} rounds in a row while stable serves no traffic"
+                  if not request.stable_serves_traffic else None)
+        if verdict is s.Verdict.FAIL and lasted is not None:
+            reason = f"{reason}; {lasted}"
         if verdict is s.Verdict.FAIL and breach is None:
             breach = Breach(
                 indicator.metric, value,
                 describe_bounds(indicator.threshold_range, indicator.relative_to_stable),
-                request.revision,
+                request.revision, window=lasted,
             )
         statuses.append(s.MetricStatus(
             name=key, value=value, stable_value=stable_value,
             threshold=describe_bounds(indicator.threshold_range, indicator.relative_to_stable),
-            verdict=verdict, message=reason, time=_stamp(now),
+            verdict=verdict, message=reason, time=_stamp(now), consecutive_failures=breaches,
         ))
     gate_statuses = statuses[: len(gates)]
     if any(m.verdict is s.Verdict.FAIL for m in gate_statuses):

@@ -4,7 +4,7 @@ The analysis interval here is a minute: the gates measure once a minute, as user
 them. The sandbox's Prometheus scrapes every second and says so in its targets API
 (nothing in the spec declares it), so the indicators are also checked every second over
 a 2 s window. A canary whose model starts failing half its answers after the first
-round is reverted by the error-rate indicator within seconds, long before the next
+round is reverted by the uncached-error-rate indicator within seconds, long before the next
 gate round is due, and its status says the breach was found between rounds.
 
 The control (the interval shortened to 20 s to keep it short): with
@@ -95,7 +95,7 @@ def test_a_breach_is_reverted_before_the_next_gate_round_is_due(
     reverted = condition(status, "RolledBack")
     assert reverted["reason"] == "RollbackIndicatorBreached"
     message = status["message"]
-    assert message.startswith("rollback indicator error-rate = "), message
+    assert message.startswith("rollback indicator uncached-error-rate = "), message
     assert f"(revision {canary})" in message
     gate_times = {g: metric_status(status, g)["time"] for g in GATES}
     if between_rounds:
@@ -107,7 +107,7 @@ def test_a_breach_is_reverted_before_the_next_gate_round_is_due(
         assert parse_stamp(reverted["lastTransitionTime"]) >= next_round_due
         assert "between analysis rounds" not in message
         assert gate_times != first_round  # the round that reverted it measured the gates too
-    indicator = metric_status(status, "error-rate (rollback indicator)")
+    indicator = metric_status(status, "uncached-error-rate (rollback indicator)")
     assert indicator["verdict"] == "Fail" and indicator["value"] > 0.05
     assert status["stableRevision"] == stable and status["history"][0]["outcome"] == "RolledBack"
 
@@ -134,6 +134,6 @@ def test_a_fault_stable_shows_too_is_judged_by_the_gates_not_the_indicators(
     assert reverted["reason"] == "AnalysisFailed", status["message"]
     assert status["message"].startswith("analysis failed: error-rate: "), status["message"]
     assert "failed 3 times in a row" in status["message"]
-    indicator = metric_status(status, "error-rate (rollback indicator)")
+    indicator = metric_status(status, "uncached-error-rate (rollback indicator)")
     assert indicator["verdict"] == "Inconclusive" and indicator["value"] > 0.05
     assert "stable is troubled too" in indicator["message"], indicator

@@ -254,3 +254,49 @@ def test_the_song_cost_gate_passes_a_typical_song_on_the_fine_tuned_price() -> N
     assert cost.threshold_range is not None and cost.threshold_range.max is not None
     assert cost.threshold_range.max >= 1.5 * typical_song_usd
     assert pricier_model_usd > cost.threshold_range.max
+
+
+AT_FULL_WEIGHT = AnalysisRequest(revision="canary1", stable_revision="stable1", since=NOW,
+                                 stable_serves_traffic=False)
+
+
+def _round_at_full_weight(indicator: QueryResult,
+                          previous: list[s.MetricStatus]):  # type: ignore[no-untyped-def]
+    return evaluate(AT_FULL_WEIGHT, [ERRORS], [ERROR_INDICATOR],
+                    {"error-rate": value(0.0), "error-rate" + INDICATOR_SUFFIX: indicator}, {},
+                    previous, "inconclusive", NOW)
+
+
+def test_without_stable_to_compare_an_indicator_reverts_on_the_third_breach_in_a_row() -> None:
+    # At 100% (the bake) a provider's 10 s burst of 429s looks like a canary's fault in one
+    # window: only a breach that lasts three rounds reverts.
+    previous: list[s.MetricStatus] = []
+    for n in (1, 2):
+        report = _round_at_full_weight(value(0.3), previous)
+        indicator = report.metrics[-1]
+        assert report.breach is None, f"breach {n} reverted"
+        assert indicator.verdict is s.Verdict.INCONCLUSIVE and indicator.consecutive_failures == n
+        assert "stable serves no traffic to compare with" in (indicator.message or "")
+        message = indicator.message or ""
+        assert f"breached {n} time" in message and "reverts at 3" in message
+        previous = list(report.metrics)
+    report = _round_at_full_weight(value(0.3), previous)
+    assert report.breach is not None and report.metrics[-1].verdict is s.Verdict.FAIL
+    assert report.breach.describe() == (
+        "rollback indicator error-rate = 0.3 breached max 0.05 3 rounds in a row while stable "
+        "serves no traffic (revision canary1)"
+    )
+
+
+def test_without_stable_a_round_within_the_bound_restarts_the_count() -> None:
+    first = _round_at_full_weight(value(0.3), [])
+    second = _round_at_full_weight(value(0.01), list(first.metrics))
+    third = _round_at_full_weight(value(0.3), list(second.metrics))
+    assert [r.metrics[-1].consecutive_failures for r in (first, second, third)] == [1, 0, 1]
+    assert third.breach is None
+
+
+def test_while_stable_serves_traffic_one_breach_still_reverts() -> None:
+    report = run({"error-rate": value(0.0), "error-rate" + INDICATOR_SUFFIX: value(0.3)},
+                 stable={"error-rate" + INDICATOR_SUFFIX: value(0.0)})
+    assert report.breach is not None and report.metrics[-1].consecutive_failures == 1
