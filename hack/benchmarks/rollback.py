@@ -107,6 +107,7 @@ from mdsandbox.demo import (
 from mdsandbox.prometheus import parse_duration, prometheus_binary
 from mdsandbox.sandbox import REPO_ROOT, Sandbox, SandboxError
 from mdsandbox.traffic import Response
+from modeldeploy.engine import REPLICAS_ROUTER
 from modeldeploy.engine.replicas import plan_replicas
 
 NAMESPACE = "bench"
@@ -194,7 +195,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parse_duration(args.interval)
     except ValueError as error:
         parser.error(str(error))
-    replicas_weight = plan_replicas(args.weight, REPLICAS, "replicas", False).effective_weight
+    replicas_weight = plan_replicas(args.weight, REPLICAS, REPLICAS_ROUTER, False).effective_weight
     if args.routing == "auto":
         args.routing = "replicas" if replicas_weight == args.weight else "gatewayAPI"
     # The canary's real share of the traffic: what status reports and the arithmetic uses.

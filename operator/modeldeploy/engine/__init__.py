@@ -7,6 +7,7 @@ The shell (Kopf handler) calls, once per tick::
     invalid_spec_status(status, generation, errors, now) -> ModelDeploymentStatus
     analysis_request(spec, status, now) -> AnalysisRequest | None
     plan_replicas(weight, replicas, router, dynamic_stable_scale) -> ReplicaPlan
+        (``router``: the RouterCapabilities the engine plans by, see engine/routers.py)
 
 A tick, as the shell runs it:
 
@@ -77,13 +78,21 @@ from modeldeploy.engine.observations import (
     ServedSplit,
     Unverified,
 )
-from modeldeploy.engine.replicas import ReplicaPlan, Router, effective_weight, plan_replicas
+from modeldeploy.engine.replicas import ReplicaPlan, effective_weight, plan_replicas
 from modeldeploy.engine.revision import revision_of
+from modeldeploy.engine.routers import (
+    GATEWAY_API_ROUTER,
+    REPLICAS_ROUTER,
+    RouterCapabilities,
+    capabilities_of,
+)
 from modeldeploy.engine.steps import Step, steps_of
 
 __all__ = [
     "ACTION_FAILED_CONDITION",
     "CONFLICT_CONDITION",
+    "GATEWAY_API_ROUTER",
+    "REPLICAS_ROUTER",
     "Action",
     "Decision",
     "DeleteDeployment",
@@ -95,7 +104,7 @@ __all__ = [
     "EnsureService",
     "Observation",
     "ReplicaPlan",
-    "Router",
+    "RouterCapabilities",
     "ScaleDeployment",
     "Served",
     "ServedSplit",
@@ -105,6 +114,7 @@ __all__ = [
     "Unverified",
     "action_failure_status",
     "analysis_request",
+    "capabilities_of",
     "conflict_status",
     "effective_weight",
     "format_time",

@@ -100,8 +100,9 @@ from modeldeploy.engine.actions import (
     Track,
 )
 from modeldeploy.engine.observations import Observation, ServedSplit, Unverified
-from modeldeploy.engine.replicas import Router, effective_weight, plan_replicas
+from modeldeploy.engine.replicas import effective_weight, plan_replicas
 from modeldeploy.engine.revision import revision_of
+from modeldeploy.engine.routers import RouterCapabilities, capabilities_of
 from modeldeploy.engine.steps import Step, format_duration, steps_of
 from modeldeploy.messages import STATUS_MESSAGE_MAX, bounded
 from modeldeploy.spec import (
@@ -250,7 +251,7 @@ class _Tick:
     now: datetime
     revision: str
     steps: list[Step]
-    router: Router | None
+    router: RouterCapabilities | None  # None: blue-green, which has no router
     dynamic_stable_scale: bool
     dynamic_by_gpu: bool
     events: list[EmitEvent] = field(default_factory=list)
@@ -267,10 +268,8 @@ class _Tick:
     ) -> _Tick:
         canary = spec.strategy.canary
         wants_gpu = spec.template.gpu_count() > 0
-        router: Router | None = None
         dynamic = dynamic_by_gpu = False
         if canary is not None:
-            router = "gatewayAPI" if canary.traffic_routing.gateway_api is not None else "replicas"
             explicit = canary.dynamic_stable_scale
             dynamic = explicit if explicit is not None else wants_gpu
             dynamic_by_gpu = explicit is None and wants_gpu
@@ -282,7 +281,7 @@ class _Tick:
             now=observation.now.astimezone(UTC).replace(microsecond=0),
             revision=revision_of(spec),
             steps=steps_of(spec),
-            router=router,
+            router=capabilities_of(spec),
             dynamic_stable_scale=dynamic,
             dynamic_by_gpu=dynamic_by_gpu,
         )
@@ -292,6 +291,11 @@ class _Tick:
     @property
     def replicas(self) -> int:
         return self.spec.replicas
+
+    @property
+    def exact_weights(self) -> bool:
+        """Whether the router sets the canary's share exactly (see RouterCapabilities)."""
+        return self.router is not None and self.router.exact_weights
 
     @property
     def blue_green(self) -> bool:
@@ -763,7 +767,7 @@ class _Tick:
             stable_replicas = max(stable_replicas, n - canary_ready)
         selects = canary if weight == 100 and canary_ready >= n else None
         served_weight = plan.effective_weight
-        if self.router == "gatewayAPI" and canary_ready < plan.canary:
+        if self.exact_weights and canary_ready < plan.canary:
             served_weight = self.route_weight_while_scaling(
                 served_weight, canary_ready, plan.canary, stable_replicas)
         return plan.canary, stable_replicas, served_weight, selects
@@ -859,7 +863,7 @@ class _Tick:
     def planned_split(self) -> ServedSplit:
         """What the data plane should serve now, in the router's terms (see ServedSplit)."""
         canary_replicas, stable_replicas, weight, selects = self.plan()
-        if self.router == "gatewayAPI":
+        if self.exact_weights:
             return ServedSplit(canary=weight, stable=100 - weight)
         narrowed = selects is not None and selects == self.status.canary_revision
         return ServedSplit(canary=canary_replicas, stable=0 if narrowed else stable_replicas)
@@ -874,7 +878,7 @@ class _Tick:
         wanted = self.planned_split()
         if served == wanted:
             return None
-        if self.router == "gatewayAPI":
+        if self.exact_weights:
             return (
                 f"waiting for the HTTPRoute to serve canary weight {wanted.canary} "
                 f"(accepted route weights: canary {served.canary}, stable {served.stable})"

@@ -3,7 +3,8 @@
 All arithmetic is on integers; ``ceil``/``floor`` below are of ``weight x replicas / 100``
 and "half up" rounds .5 upwards. N is spec.replicas, w the requested weight.
 
-Replicas router (one Service over both tracks: the ratio of ready pods IS the split):
+A router without exact weights (replicas: one Service over both tracks, so the ratio of
+ready pods IS the split):
 - w = 0: canary 0, stable N.
 - 0 < w < 100, surge (dynamicStableScale off): canary = ceil (at least 1 pod),
   stable = N - floor. Capacity canary + stable is N, or N + 1 when w x N / 100 is not
@@ -16,7 +17,7 @@ Replicas router (one Service over both tracks: the ratio of ready pods IS the sp
 - effective weight = half-up of 100 x canary / (canary + stable), kept within 1..99
   while both tracks have pods (one pod in a thousand still gets some traffic).
 
-Gateway API router (HTTPRoute weights are exact, so effective weight = w):
+A router with exact weights (gatewayAPI: HTTPRoute weights, so effective weight = w):
 - canary = ceil (at least 1 pod while w > 0);
 - stable = N (surge), or with dynamicStableScale N - canary, kept at one pod or more
   while w < 100 and N >= 2 (a route weight with no endpoints behind it fails requests);
@@ -33,9 +34,8 @@ pod counts behind the Service (replicas router), or the accepted route's weights
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-Router = Literal["replicas", "gatewayAPI"]
+from modeldeploy.engine.routers import RouterCapabilities
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def effective_weight(canary: int, stable: int) -> int:
 
 
 def plan_replicas(
-    weight: int, replicas: int, router: Router, dynamic_stable_scale: bool
+    weight: int, replicas: int, router: RouterCapabilities, dynamic_stable_scale: bool
 ) -> ReplicaPlan:
     """Pod counts for ``weight`` percent to canary out of ``replicas`` (see module doc)."""
     if not 0 <= weight <= 100:
@@ -78,7 +78,7 @@ def plan_replicas(
     if weight == 100:
         return ReplicaPlan(canary=n, stable=0 if dynamic_stable_scale else n, effective_weight=100)
     most_canary = n - 1 if n >= 2 else n
-    if router == "gatewayAPI":
+    if router.exact_weights:
         canary = _ceil_share(weight, n)
         if not dynamic_stable_scale:
             return ReplicaPlan(canary=canary, stable=n, effective_weight=weight)

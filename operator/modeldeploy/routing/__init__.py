@@ -4,19 +4,32 @@ A router sets a weight and then says what the data plane really serves, in its o
 terms (ready pods per track, or the weights of a route a Gateway accepted), as Argo
 Rollouts' TrafficRoutingReconciler verifies: the engine compares that with its plan in
 the same terms and moves on only once the two agree.
+
+The engine must not import this package, yet plans by what a router can do (are its
+weights exact? can it mirror?). So a router's name and capabilities are plain data in
+the engine's one table, ``modeldeploy.engine.routers.ROUTER_CAPABILITIES``; a router
+class here says which entry it implements (``capabilities``), and ``@register`` files
+it in ``ROUTERS`` under that entry's name. Adding a router: its field in the spec's
+``TrafficRouting`` (the user's API), its entry in that table, and one module here with
+the registered class, imported at the bottom of this file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from typing import ClassVar, Protocol, TypeVar
 
 from modeldeploy import spec as s
 from modeldeploy.engine.observations import Served
+from modeldeploy.engine.routers import RouterCapabilities, router_key
 from modeldeploy.kube.client import KubeClient
 
 
 class TrafficRouter(Protocol):
+    # The entry of ROUTER_CAPABILITIES this router implements.
+    capabilities: ClassVar[RouterCapabilities]
+
+    def __init__(self, kube: KubeClient) -> None: ...
+
     async def set_weight(
         self, md: s.ModelDeployment, stable: str, canary: str | None, weight: int
     ) -> None:
@@ -26,29 +39,23 @@ class TrafficRouter(Protocol):
         """What the data plane serves now (see ``ServedSplit``), or why that cannot be told."""
 
 
-RouterFactory = Callable[[KubeClient], TrafficRouter]
-ROUTERS: dict[str, RouterFactory] = {}
+RouterClass = TypeVar("RouterClass", bound=type[TrafficRouter])
+# Router classes by their strategy.canary.trafficRouting key.
+ROUTERS: dict[str, type[TrafficRouter]] = {}
 
 
-def register(key: str) -> Callable[[RouterFactory], RouterFactory]:
-    """Register a router under its ``strategy.canary.trafficRouting`` key."""
-
-    def add(factory: RouterFactory) -> RouterFactory:
-        ROUTERS[key] = factory
-        return factory
-
-    return add
-
-
-def router_key(md: s.ModelDeployment) -> str:
-    canary = md.spec.strategy.canary
-    if canary is not None and canary.traffic_routing.gateway_api is not None:
-        return "gatewayAPI"
-    return "replicas"
+def register(router: RouterClass) -> RouterClass:
+    """File a router class under the trafficRouting key its capabilities name."""
+    ROUTERS[router.capabilities.name] = router
+    return router
 
 
 def router_for(md: s.ModelDeployment, kube: KubeClient) -> TrafficRouter:
-    return ROUTERS[router_key(md)](kube)
+    canary = md.spec.strategy.canary
+    # Blue-green has no router (the engine plans it with none: its Service switches whole),
+    # but the shell still calls one: the spec's default trafficRouting's, which sets nothing.
+    routing = canary.traffic_routing if canary is not None else s.CanaryStrategy().traffic_routing
+    return ROUTERS[router_key(routing)](kube)
 
 
 # Importing the implementations registers them.

@@ -24,10 +24,11 @@ parent's reason; one whose status lags its generation is still being looked at.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from modeldeploy import spec as s
 from modeldeploy.engine.observations import Served, ServedSplit, Unverified
+from modeldeploy.engine.routers import GATEWAY_API_ROUTER, RouterCapabilities
 from modeldeploy.kube import objects
 from modeldeploy.kube.client import KubeClient, NotOurs, controlled_by, controller_of
 from modeldeploy.routing import register
@@ -162,7 +163,10 @@ def _same_refs(have: list[dict[str, Any]], want: list[dict[str, Any]]) -> bool:
     )
 
 
+@register
 class GatewayAPIRouter:
+    capabilities: ClassVar[RouterCapabilities] = GATEWAY_API_ROUTER
+
     def __init__(self, kube: KubeClient) -> None:
         self._kube = kube
 
@@ -235,6 +239,3 @@ class GatewayAPIRouter:
         if route is None:
             return Unverified(f"HTTPRoute {route_name(md)} to be created")
         return acceptance(route) or route_weights(route, md.metadata.name)
-
-
-register("gatewayAPI")(GatewayAPIRouter)

@@ -8,8 +8,11 @@ counts it planned: no percentage is rounded on either side.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from modeldeploy import spec as s
 from modeldeploy.engine.observations import Served, ServedSplit, Unverified
+from modeldeploy.engine.routers import REPLICAS_ROUTER, RouterCapabilities
 from modeldeploy.kube import objects
 from modeldeploy.kube.client import KubeClient
 from modeldeploy.routing import register
@@ -25,7 +28,10 @@ def ready_replicas(deployments: list[dict[str, object]], name: str) -> int:
     return 0
 
 
+@register
 class ReplicasRouter:
+    capabilities: ClassVar[RouterCapabilities] = REPLICAS_ROUTER
+
     def __init__(self, kube: KubeClient) -> None:
         self._kube = kube
 
@@ -49,6 +55,3 @@ class ReplicasRouter:
             return ready_replicas(deployments, objects.deployment_name(name, revision))
 
         return ServedSplit(canary=behind_service(canary), stable=behind_service(stable))
-
-
-register("replicas")(ReplicasRouter)

@@ -27,7 +27,6 @@ from modeldeploy.engine import (
     EnsureDeployment,
     EnsureService,
     Observation,
-    Router,
     ScaleDeployment,
     Served,
     ServedSplit,
@@ -130,7 +129,7 @@ class FakeCluster:
 
     deployments: dict[str, DeploymentObservation] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)
-    router: Router = "replicas"
+    router: str = "replicas"  # the trafficRouting key of the router simulated
     # The revision the Service selects (None: every revision of the ModelDeployment).
     service_selects: str | None = None
     # False: the Service keeps the selector it has (its update lags or is refused).
@@ -279,7 +278,7 @@ class World:
         return copy.deepcopy(self)
 
 
-def router_of(spec: ModelDeploymentSpec) -> Router:
+def router_of(spec: ModelDeploymentSpec) -> str:
     canary = spec.strategy.canary
     if canary is not None and canary.traffic_routing.gateway_api is not None:
         return "gatewayAPI"
