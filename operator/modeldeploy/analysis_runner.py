@@ -30,7 +30,8 @@ traffic: stable is measured over the same window, and a breach while stable is t
 too is not the canary's (:func:`~modeldeploy.analysis.evaluate.stable_troubled`). At 100% (the full step, the
 bake) there is nothing to compare with, and a short window would turn a few seconds of a
 provider's trouble (a burst of 429s) into a revert: the rounds judge over
-``analysis.interval``. Where the scrape interval is
+``analysis.interval``, and an indicator reverts there on its third breaching round in a row
+(:data:`~modeldeploy.analysis.evaluate.BREACHES_WITHOUT_STABLE`). Where the scrape interval is
 not shorter than ``analysis.interval``, the rounds are as fast and nothing more runs.
 
 The provider's address must be one the operator is allowed to query
@@ -135,17 +136,22 @@ def judge_round(
     stable: dict[str, QueryResult],
     now: dt.datetime,
     checks: tuple[list[presets.MetricCheck], list[presets.IndicatorCheck]] | None = None,
+    window: dt.timedelta | None = None,
 ) -> AnalysisReport:
     """One round's report from the answers to :meth:`AnalysisRunner._run`'s queries
-    (``checks``: the gates and indicators judged; all of the analysis' by default)."""
+    (``checks``: the gates and indicators judged, all of the analysis' by default;
+    ``window``: the queries' range, ``analysis.interval`` by default)."""
     gates, indicators = checks if checks is not None else presets.resolve(analysis)
+    answered = canary.get(presets.TRAFFIC_GUARD)
+    requests = (answered.value * (window or s.parse_duration(analysis.interval)).total_seconds()
+                if isinstance(answered, Measurement) else None)
     if not request.stable_serves_traffic:
         relative = [g.name for g in gates if g.relative_to_stable is not None] + [
             i.metric + INDICATOR_SUFFIX for i in indicators if i.relative_to_stable is not None
         ]
         stable = stable_baselines(status.analysis, relative, now)
     report = evaluate(request, gates, indicators, canary, stable, status.analysis,
-                      analysis.no_data, now)
+                      analysis.no_data, now, requests)
     return keep_stable_baselines(report, status.analysis, request.stable_serves_traffic)
 
 
@@ -277,7 +283,7 @@ class AnalysisRunner:
         requests = answered.value * window.total_seconds() if isinstance(answered, Measurement) else 0.0
         if requests < analysis.indicator_min_requests:
             return None  # too few requests to tell a fault from one unlucky answer
-        report = judge_round(analysis, status, request, canary, stable, now, ([], indicators))
+        report = judge_round(analysis, status, request, canary, stable, now, ([], indicators), window)
         breach = fast_breach(report, requests, window)
         if breach is not None:
             self._count(md, breach)
@@ -379,6 +385,9 @@ class AnalysisRunner:
             jobs[("canary", key)] = promql.render(indicator.query, context)
             if query_stable:
                 jobs[("stable", key)] = promql.render(indicator.query, stable_context)
+        if query_stable and any(presets.is_request_share(i) for i in indicators):
+            jobs[("stable", presets.STABLE_UPSTREAM)] = promql.render(
+                presets.BUILTIN_QUERIES["upstream-error-rate"], stable_context)
         # The same PromQL is asked once even when a gate and an indicator share it.
         unique = sorted(set(jobs.values()))
         answers = dict(zip(unique, await asyncio.gather(*(self._timed(provider, q) for q in unique)),

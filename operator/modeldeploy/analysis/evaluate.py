@@ -18,6 +18,9 @@ Counting, as Argo Rollouts' consecutive counters and Flagger's failed checks do 
   provider's burst of 429s or an outage is not the canary's fault. Such a round is
   inconclusive for the indicator, and the gates still count it (a fault that lasts fails
   them failureLimit + 1 times);
+- a breach of a share of requests (error rate, success rate...) that one request fewer
+  on the wrong side would undo is not acted on (:func:`rests_on_one_request`): in a short
+  window of a small canary one unlucky answer is several percent;
 - while stable serves no traffic (100%: the full step, the bake, after a blue-green
   switch) there is nothing to tell a canary's fault from a provider's burst in the same
   window but how long it lasts: an indicator reverts after ``BREACHES_WITHOUT_STABLE``
@@ -36,7 +39,13 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 
 from modeldeploy import spec as s
-from modeldeploy.analysis.presets import TRAFFIC_GUARD, IndicatorCheck, MetricCheck
+from modeldeploy.analysis.presets import (
+    STABLE_UPSTREAM,
+    TRAFFIC_GUARD,
+    IndicatorCheck,
+    MetricCheck,
+    is_request_share,
+)
 from modeldeploy.analysis.report import AnalysisFailure, AnalysisReport, AnalysisRequest, Breach
 from modeldeploy.measurement import Measurement, NoData, QueryError, QueryResult
 
@@ -132,25 +141,65 @@ def _without_traffic(guard: QueryResult | None, now: dt.datetime) -> QueryResult
     )
 
 
-def stable_troubled(indicator: IndicatorCheck, stable: QueryResult | None) -> str | None:
+def rests_on_one_request(
+    indicator: IndicatorCheck, value: float | None, requests: float | None
+) -> str | None:
+    """Why a breach is not acted on, or None: the indicator is a share of requests
+    (:data:`~modeldeploy.analysis.presets.REQUEST_SHARES`) and would be within its absolute
+    bound with one request fewer on the wrong side, so a single unlucky answer made it.
+
+    ``requests`` is the revision's answered model requests in the window; one request
+    moves a share of them by 1/requests (more for ``uncached-error-rate``, whose
+    denominator is smaller, so this is the least a request can weigh). At 10% of 15
+    requests a second over a 10 s window, one failed answer is an error rate of 7%."""
+    bound = indicator.threshold_range
+    if bound is None or value is None or not requests or not is_request_share(indicator):
+        return None
+    one = 1 / requests
+    above = bound.max is not None and value > bound.max and value - one <= bound.max
+    below = bound.min is not None and value < bound.min and value + one >= bound.min
+    if not (above or below):
+        return None
+    return (f"rests on one of the {requests:.0f} requests in the window (each weighs "
+            f"{one:.3g} or more): not a breach")
+
+
+def stable_troubled(
+    indicator: IndicatorCheck, stable: QueryResult | None, stable_upstream: QueryResult | None = None
+) -> str | None:
     """Why a breach is not the canary's, or None: stable, measured in the same window, is
     past half of the indicator's absolute bound (max: above half of it; a min within 0..1,
-    a rate: below half-way from it to 1).
+    a rate: below half-way from it to 1); or, for a share of requests
+    (:data:`~modeldeploy.analysis.presets.REQUEST_SHARES`), stable's own calls to the model
+    provider fail past half of it (``stable_upstream``: its ``upstream-error-rate``).
 
     A provider's burst of 429s or an outage hits both tracks; it fails a canary with a cold
     cache more often than a stable whose cache answers most requests without the provider,
-    so stable is troubled without being out of the bound itself. Reverting the canary would
-    not be the fix: the gates judge such rounds (a fault that lasts fails them)."""
+    so stable is troubled without being out of the bound itself. A warm stable may even
+    lose no request at all in a short window (few misses, each saved by its retries) while
+    every one of its calls to the provider is refused: its calls say what its requests do
+    not. Reverting the canary would not be the fix: the gates judge such rounds (a fault
+    that lasts fails them)."""
     bound = indicator.threshold_range
-    if bound is None or not isinstance(stable, Measurement):
+    if bound is None:
         return None
-    value = stable.value
-    past_max = bound.max is not None and bound.max >= 0 and value > bound.max / 2
-    past_min = bound.min is not None and 0 <= bound.min <= 1 and value < (1 + bound.min) / 2
-    if not (past_max or past_min):
-        return None
-    return (f"stable is troubled too ({value:.4g}, past half of the bound): the upstream's "
-            "trouble, not the canary's; not a breach")
+
+    def past_half(value: float) -> bool:
+        assert bound is not None
+        return (bound.max is not None and bound.max >= 0 and value > bound.max / 2) or (
+            bound.min is not None and 0 <= bound.min <= 1 and value < (1 + bound.min) / 2)
+
+    if isinstance(stable, Measurement) and past_half(stable.value):
+        return (f"stable is troubled too ({stable.value:.4g}, past half of the bound): the "
+                "upstream's trouble, not the canary's; not a breach")
+    if isinstance(stable_upstream, Measurement) and is_request_share(indicator):
+        failed = stable_upstream.value
+        # The same bound, read as a share that fails: a min of 0.85 succeeding is 0.15 failing.
+        as_failing = failed if bound.max is not None else 1 - failed
+        if past_half(as_failing):
+            return (f"stable's calls to the model provider fail too ({failed:.4g} of them, past "
+                    "half of the bound): the provider's trouble, not the canary's; not a breach")
+    return None
 
 
 def evaluate(
@@ -162,8 +211,10 @@ def evaluate(
     previous: Sequence[s.MetricStatus],
     no_data: str,
     now: dt.datetime,
+    requests: float | None = None,
 ) -> AnalysisReport:
-    """One round's report. ``previous`` is status.analysis (cleared when a step starts)."""
+    """One round's report. ``previous`` is status.analysis (cleared when a step starts);
+    ``requests``: the canary's answered model requests in the window, when measured."""
     before = {m.name: m for m in previous}
     statuses: list[s.MetricStatus] = []
     failed: AnalysisFailure | None = None
@@ -210,7 +261,9 @@ def evaluate(
             canary.get(key), stable.get(key), indicator.threshold_range,
             indicator.relative_to_stable, "inconclusive",
         )
-        shared = stable_troubled(indicator, stable.get(key)) if verdict is s.Verdict.FAIL else None
+        shared = None if verdict is not s.Verdict.FAIL else (
+            rests_on_one_request(indicator, value, requests)
+            or stable_troubled(indicator, stable.get(key), stable.get(STABLE_UPSTREAM)))
         if shared is not None:
             verdict, reason = s.Verdict.INCONCLUSIVE, f"{reason}; {shared}"
         last = before.get(key)

@@ -84,6 +84,10 @@ _ANSWERED = _requests('outcome!="rejected"')
 _SUCCEEDED = _requests('outcome="success"')
 _FAILED = _requests('outcome=~"error|timeout"')
 _TIMED_OUT = _requests('outcome="timeout"')
+_UPSTREAM_CALLS = f"sum(rate(model_upstream_requests_total{{{_SEL}}}[{{{{interval}}}}]))"
+_UPSTREAM_FAILED = (
+    f'sum(rate(model_upstream_requests_total{{{_SEL},outcome=~"error|timeout"}}[{{{{interval}}}}]))'
+)
 _CACHE_HITS = f'sum(rate(model_cache_requests_total{{{_SEL},result="hit"}}[{{{{interval}}}}]))'
 # Every revision of this ModelDeployment: the whole service's answered traffic.
 _ANSWERED_ALL_REVISIONS = (
@@ -124,6 +128,10 @@ BUILTIN_QUERIES: dict[str, str] = {
     "success-rate": f"{_or_zero(_SUCCEEDED)} / {_ANSWERED}",
     "error-rate": f"{_or_zero(_FAILED)} / {_ANSWERED}",
     "timeout-rate": f"{_or_zero(_TIMED_OUT)} / {_ANSWERED}",
+    # The share of the revision's calls to the model provider that failed, every try of a
+    # retried request counted: a provider's burst of 429s shows here even when the
+    # retries save the requests.
+    "upstream-error-rate": f"{_or_zero(_UPSTREAM_FAILED)} / {_UPSTREAM_CALLS}",
     # The error rate of the requests the service's cache did not answer (see the module
     # docstring): a revision's failures on the same footing whatever its cache holds. Where
     # the service has no cache (no hit series) it is the error rate.
@@ -153,12 +161,27 @@ BUILTIN_QUERIES: dict[str, str] = {
     "availability": f"min(up{{{_SEL}}})",
 }
 
+# Stable's upstream-error-rate, measured with the indicators that are a share of requests:
+# a provider's trouble seen on stable's own calls (evaluate.stable_troubled).
+STABLE_UPSTREAM = "(stable's calls to the provider)"
+
+# Built-in metrics that are a share of the revision's answered model requests (or of the
+# uncached ones): one request moves them by at least 1 / requests in the window.
+REQUEST_SHARES = frozenset({"success-rate", "error-rate", "uncached-error-rate", "timeout-rate"})
+
+
+def is_request_share(check: IndicatorCheck) -> bool:
+    """Whether an indicator is a built-in share of requests (its own query, not a custom one)."""
+    return check.metric in REQUEST_SHARES and check.query == BUILTIN_QUERIES[check.metric]
+
+
 # Thresholds a built-in metric gets when listed in `presets` on its own.
 GENERIC_THRESHOLDS: dict[str, s.ThresholdRange | None] = {
     "success-rate": s.ThresholdRange(min=0.95),
     "error-rate": s.ThresholdRange(max=0.05),
     "timeout-rate": s.ThresholdRange(max=0.05),
     "uncached-error-rate": s.ThresholdRange(max=0.05),
+    "upstream-error-rate": s.ThresholdRange(max=0.05),
     "latency-p95": s.ThresholdRange(max=10.0),
     "mean-latency": s.ThresholdRange(max=5.0),
     "cost-per-request": None,  # no sensible default: set thresholdRange or relativeToStable

@@ -61,7 +61,8 @@ def series(revision: str, metrics: ServiceMetrics) -> str:
     lines = []
     for family in metrics.registry.collect():
         for sample in family.samples:
-            if sample.name not in {"model_requests_total", "model_cache_requests_total"}:
+            if sample.name not in {"model_requests_total", "model_cache_requests_total",
+                                   "model_upstream_requests_total"}:
                 continue
             labels = "".join(f',{k}="{v}"' for k, v in sample.labels.items())
             lines.append(
@@ -137,3 +138,28 @@ def test_without_a_cache_it_is_the_error_rate(tmp_path: Path) -> None:
               for metric in ("error-rate", "uncached-error-rate")}
 
     assert values == {"error-rate": 0.1, "uncached-error-rate": 0.1}
+
+
+def test_a_warm_stable_that_lost_no_request_shows_the_burst_on_its_calls(tmp_path: Path) -> None:
+    """Its few misses during a provider's burst of 429s are each saved by retries (two
+    refused tries, then an answer): no request failed, but most of its calls did."""
+    stable = ServiceMetrics()
+    for n in range(200):
+        if n % 20 == 0:  # 5% misses
+            stable.record_cache(hit=False)
+            for outcome in ("error", "error", "success"):
+                stable.record_upstream("ft:songs", outcome)
+        else:
+            stable.record_cache(hit=True)
+        stable.observe_request("/analyses", "success", 0.5)
+    canary = served(20, 0.8, 0.2)  # 16 misses reached the provider: 3 ran out of retries
+
+    values = measured(tmp_path, "uncached-error-rate", {CANARY: canary, STABLE: stable})
+    calls = measured(tmp_path, "upstream-error-rate", {STABLE: stable})
+
+    assert values == {CANARY: 0.188, STABLE: 0.0}, "stable lost nothing"
+    assert calls == {STABLE: 0.667}
+    indicator = presets.BUNDLES["song-analyzer"][1][0]
+    reason = evaluate.stable_troubled(indicator, Measurement(values[STABLE], NOW),
+                                      Measurement(calls[STABLE], NOW))
+    assert reason is not None and reason.startswith("stable's calls to the model provider fail too")
