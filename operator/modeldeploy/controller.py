@@ -14,7 +14,9 @@ One tick for one ModelDeployment (``RolloutController.tick``):
    what differs from the cache, so a resource at rest costs no request at all;
 6. write the new status, only when it changed, in one write guarded by resourceVersion
    (a conflict re-reads that one object and decides again, with back-off while
-   conflicts last), then post the events.
+   conflicts last), then post the events and queue the webhook notifications of the
+   transition just written (``modeldeploy.notify``: queued, never awaited, so a webhook
+   that is down never delays a rollout).
 
 Killed between 5 and 6, the next tick sees the old status and the new objects, and the
 engine (idempotent) decides the same thing again: no step is skipped or done twice.
@@ -47,7 +49,7 @@ from typing import Any, TypeVar
 from kubernetes.client import ApiClient, V1PodTemplateSpec
 from pydantic import ValidationError
 
-from modeldeploy import engine, metrics
+from modeldeploy import engine, metrics, notify
 from modeldeploy import spec as s
 from modeldeploy.actuator import apply_actions
 from modeldeploy.analysis_runner import AnalysisRunner
@@ -105,6 +107,9 @@ class OperatorConfig:
     allowed_provider_addresses: tuple[str, ...] | None = None
     # MODELDEPLOY_POD_TEMPLATE_POLICY / MODELDEPLOY_ALLOWED_SERVICE_ACCOUNTS (podpolicy.py).
     pod_template_policy: PodTemplatePolicy = field(default_factory=PodTemplatePolicy)
+    # The webhook of resources without spec.notifications (MODELDEPLOY_DEFAULT_WEBHOOK_*,
+    # modeldeploy.notify); None: none.
+    default_webhook: notify.WebhookTarget | None = None
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -131,6 +136,9 @@ class OperatorConfig:
             allowed_provider_addresses=allowed_addresses(env(ALLOWED_ADDRESSES_ENV)),
             pod_template_policy=PodTemplatePolicy.from_env(
                 env(POLICY_ENV), env(ALLOWED_SERVICE_ACCOUNTS_ENV)),
+            default_webhook=notify.default_webhook_from_env(
+                env(notify.DEFAULT_WEBHOOK_SECRET_ENV), env(notify.DEFAULT_WEBHOOK_FORMAT_ENV),
+                env(notify.DEFAULT_WEBHOOK_EVENTS_ENV)),
         )
 
 
@@ -241,6 +249,7 @@ class RolloutController:
         self._kube = KubeClient(api_client, self.cache, self._config.api_call_deadline)
         self._analysis = AnalysisRunner(self._kube, config.query_concurrency,
                                         ProviderAddresses(config.allowed_provider_addresses))
+        self.notifier = notify.Notifier(self._kube, user_agent=USER_AGENT)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- scheduling ------------------------------------------------------------------
@@ -263,6 +272,7 @@ class RolloutController:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
+        await self.notifier.stop()
         await self.cache.stop()
 
     def notice(self, namespace: str, name: str) -> None:
@@ -397,6 +407,11 @@ class RolloutController:
             if not written:
                 raise StatusConflict  # someone wrote in between: decide again on the object read anew
         record_outcomes(namespace, name, status, decided)
+        # From the transition this tick wrote (the status read -> the status written), so a
+        # restarted operator, which reads what its predecessor wrote, resends nothing.
+        notes = notify.notifications_for(md, status, decided, now)
+        if notes:
+            self.notifier.enqueue(md, notify.targets_for(md, self._config.default_webhook), notes)
         for action in decision.actions:
             if isinstance(action, engine.EmitEvent):
                 await self._kube.emit_event(body, action.type, action.reason, action.message)

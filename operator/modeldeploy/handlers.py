@@ -46,6 +46,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # standalone, and several replicas elect one leader on a Lease (below).
     settings.peering.standalone = True
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # httpx logs each request's URL at INFO; a webhook URL read from a Secret often carries
+    # a token, and modeldeploy.notify logs the webhook's name instead.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if config.metrics_port is not None:
         metrics.serve(config.metrics_port)
     if config.allowed_provider_addresses is None:

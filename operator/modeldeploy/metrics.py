@@ -8,6 +8,9 @@ The chart's alerts and dashboard are written against these names:
 - modeldeploy_analysis_query_seconds: provider query latency (histogram)
 - modeldeploy_canary_weight{namespace,name}: the effective canary weight now
 - modeldeploy_phase{namespace,name,phase}: 1 for the current phase, 0 for the others
+- modeldeploy_notifications_total{namespace,name,webhook,result}: webhook notifications by
+  result (delivered, failed: every try failed or the URL could not be read, dropped: the
+  webhook's queue was full); ``webhook`` is the webhook's name, never its URL
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ CANARY_WEIGHT = Gauge(
 PHASE = Gauge(
     "modeldeploy_phase", "1 for the ModelDeployment's current phase.", ["namespace", "name", "phase"],
     registry=REGISTRY,
+)
+
+NOTIFICATIONS = Counter(
+    "modeldeploy_notifications_total", "Webhook notifications by result (delivered, failed, dropped).",
+    ["namespace", "name", "webhook", "result"], registry=REGISTRY,
 )
 
 

@@ -361,6 +361,7 @@ class Preset(StrEnum):
     ERROR_RATE = "error-rate"
     TIMEOUT_RATE = "timeout-rate"
     UNCACHED_ERROR_RATE = "uncached-error-rate"
+    UPSTREAM_ERROR_RATE = "upstream-error-rate"
     LATENCY_P95 = "latency-p95"
     MEAN_LATENCY = "mean-latency"
     COST_PER_REQUEST = "cost-per-request"
@@ -609,6 +610,100 @@ class Rollback(Model):
     )
 
 
+# --------------------------------------------------------------------------- notifications
+
+# What a webhook may be told about (modeldeploy.notify derives them from the status a
+# reconcile wrote): a rollout Started, Paused (held by a person, by analysis or by the
+# Gateway, or waiting at a pause step with no duration; a timed pause step is routine and
+# not announced), Promoted (a first deployment too), RolledBack (analysis or a rollback
+# indicator reverted it) or Failed (stopped and reverted without analysis judging it bad:
+# `modeldeploy abort`, progressDeadline).
+NotificationEvent = Literal["Started", "Paused", "Promoted", "RolledBack", "Failed"]
+NOTIFICATION_EVENTS: tuple[NotificationEvent, ...] = (
+    "Started", "Paused", "Promoted", "RolledBack", "Failed",
+)
+
+
+class WebhookSecretKeyRef(Model):
+    """A key of a Secret in the ModelDeployment's own namespace."""
+
+    name: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253,
+        description="Name of the Secret (same namespace as the ModelDeployment).",
+    )
+    key: str = Field(
+        pattern=r"^[-._a-zA-Z0-9]+$", max_length=253,
+        description="Key of the Secret whose value is the webhook URL.",
+    )
+
+
+class WebhookURLSource(Model):
+    """Where the webhook URL is read; it often carries a token, so never the spec itself."""
+
+    secret_key_ref: WebhookSecretKeyRef
+
+
+class Webhook(Model):
+    """An HTTP endpoint told about the rollout's transitions (POST, JSON body).
+
+    The URL is read from the Secret at each delivery (a rotated URL takes effect at the
+    next notification) and is never written to status, events or logs.
+    """
+
+    name: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,
+        description="A DNS label naming the webhook in events and in the "
+        "modeldeploy_notifications_total metric (never the URL).",
+    )
+    url_from: WebhookURLSource = Field(description="The Secret key holding the URL (http or https).")
+    format: Literal["json", "slack"] = Field(
+        "json",
+        description="json: the full notification (README, Notifications); slack: "
+        "{\"text\": <summary line>}, as Slack's and Mattermost's incoming webhooks take it.",
+    )
+    events: list[NotificationEvent] | None = Field(
+        None, min_length=1, max_length=len(NOTIFICATION_EVENTS),
+        description="Which transitions to send (Started, Paused, Promoted, RolledBack, Failed); "
+        "all when omitted.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _no_repeats(cls, events: list[NotificationEvent] | None) -> list[NotificationEvent] | None:
+        if events is not None and len(set(events)) != len(events):
+            repeated = sorted({e for e in events if events.count(e) > 1})
+            raise ValueError(f"events lists {', '.join(repeated)} more than once: list each once")
+        return events
+
+
+class Notifications(Model):
+    """Who is told when a rollout starts, pauses, is promoted, rolls back or fails.
+
+    Without ``notifications`` the operator's default webhook (the chart's
+    ``notifications.defaultWebhook``) is used, if one is set; a resource's own list
+    replaces that default, and ``webhooks: []`` turns it off for this resource.
+    """
+
+    webhooks: list[Webhook] = Field(
+        default_factory=list, max_length=10,
+        description="Webhooks, each named once; an empty list sends nothing (not even the "
+        "operator's default webhook).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Notifications:
+        names = [w.name for w in self.webhooks]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(
+                f"notifications.webhooks names must be unique (repeated: {', '.join(repeated)}): "
+                "rename one"
+            )
+        return self
+
+
 # --------------------------------------------------------------------------- spec
 
 
@@ -631,6 +726,11 @@ class ModelDeploymentSpec(Model):
     )
     revision_history_limit: int = Field(
         10, ge=1, le=100, description="Known revisions kept in status.history."
+    )
+    notifications: Notifications | None = Field(
+        None,
+        description="Webhooks told about the rollout's transitions; unset: the operator's "
+        "default webhook, if the chart sets one.",
     )
 
     @field_validator("config")

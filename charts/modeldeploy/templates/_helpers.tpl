@@ -96,8 +96,8 @@ ClusterRole (cluster-wide mode) and each Role (namespaced mode), so the two mode
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-{{- with .Values.rbac.analysisSecretNames }}
-# Analysis provider credentials: these Secrets only, read only.
+{{- with concat .Values.rbac.analysisSecretNames .Values.rbac.notificationSecretNames | uniq }}
+# Analysis provider credentials and webhook URLs (spec.notifications): these Secrets only, read only.
 - apiGroups: [""]
   resources: [secrets]
   resourceNames:

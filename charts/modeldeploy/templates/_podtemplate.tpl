@@ -70,6 +70,17 @@ spec:
           value: {{ .Values.podTemplatePolicy.mode | quote }}
         - name: MODELDEPLOY_ALLOWED_SERVICE_ACCOUNTS
           value: {{ join "," .Values.podTemplatePolicy.allowedServiceAccounts | quote }}
+        {{- with .Values.notifications.defaultWebhook }}
+        {{- if .secretName }}
+        # The webhook of ModelDeployments without spec.notifications (README, Notifications).
+        - name: MODELDEPLOY_DEFAULT_WEBHOOK_SECRET
+          value: {{ printf "%s/%s/%s" $.Release.Namespace .secretName .secretKey | quote }}
+        - name: MODELDEPLOY_DEFAULT_WEBHOOK_FORMAT
+          value: {{ .format | quote }}
+        - name: MODELDEPLOY_DEFAULT_WEBHOOK_EVENTS
+          value: {{ join "," .events | quote }}
+        {{- end }}
+        {{- end }}
         {{- if .Values.ha.enabled }}
         # Leader election: the Lease (in POD_NAMESPACE) is held under this pod's name (POD_NAME).
         - name: MODELDEPLOY_LEADER_ELECTION
