@@ -86,6 +86,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+from modeldeploy.analysis.evaluate import INDICATOR_SUFFIX
 from modeldeploy.analysis.report import AnalysisReport, AnalysisRequest
 from modeldeploy.engine.actions import (
     Action,
@@ -1019,9 +1020,9 @@ class _Tick:
             return Phase.PAUSED, f"{prefix}: {left} left{suffix}"
         if step.kind == "analysis":
             report = self.usable_report()
-            # Ticks between measurements carry no report: the counters in status tell
-            # (a passing entry that counts no passes, such as a rollback indicator's,
-            # counts nothing).
+            # Ticks between measurements carry no report: the gates' counters in status
+            # tell. A rollback indicator counts no passes whatever its verdict (one with no
+            # data, or a breach not acted on, is inconclusive), so it counts nothing here.
             passes = (
                 report.consecutive_passes
                 if report is not None
@@ -1029,7 +1030,8 @@ class _Tick:
                     (
                         m.consecutive_passes
                         for m in status.analysis
-                        if m.consecutive_passes or m.verdict != "Pass"
+                        if not m.name.endswith(INDICATOR_SUFFIX)
+                        and (m.consecutive_passes or m.verdict != "Pass")
                     ),
                     default=0,
                 )

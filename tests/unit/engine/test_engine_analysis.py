@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 from modeldeploy.engine import analysis_request, revision_of
-from modeldeploy.spec import ModelDeploymentSpec, Phase
+from modeldeploy.spec import MetricStatus, ModelDeploymentSpec, Phase, Verdict
 from rollout_world import World, replicas_of, report, rolling, spec_of, weight_of
 
 STEPS: list[dict[str, Any]] = [{"setWeight": 10}, {"analysis": {"measurements": 3}}, {"setWeight": 100}]
@@ -243,3 +244,18 @@ def test_promote_during_the_bake_ends_it_early() -> None:
     assert world.status.phase == Phase.SUCCEEDED
     assert world.status.stable_revision == R2
     assert world.history_steps()[-1] == "bake ended early by user"
+
+
+def test_between_measurements_an_inconclusive_indicator_does_not_hide_the_gates_passes() -> None:
+    """A rollback indicator counts no passes: with no data (a warm cache left no uncached
+    request in the window) or a breach not acted on it is inconclusive, and the step's
+    progress between rounds is still the gates' passes."""
+    world = in_analysis()
+    measured = report(world.spec, world.now + timedelta(seconds=10), passes=2)
+    indicator = MetricStatus(name="uncached-error-rate (rollback indicator)", threshold="max 0.05",
+                             verdict=Verdict.INCONCLUSIVE, message="value is NaN",
+                             time=measured.metrics[0].time)
+    world.tick(analysis=dataclasses.replace(measured, metrics=(*measured.metrics, indicator)))
+    assert "analysis 2/3 passed" in (world.status.message or "")
+    world.tick()  # no report: read back from status.analysis
+    assert "analysis 2/3 passed" in (world.status.message or ""), world.status.message
