@@ -93,7 +93,8 @@ def test_a_healthy_new_revision_passes_every_gate_of_its_bundle_and_is_promoted(
          *(f"{m['name']}: {m['verdict']} {m.get('message')}" for m in promoted.get("analysis") or [])])
     assert promoted["history"][0]["outcome"] == "Promoted"
     last = gates_of(rollout.last_round)
-    assert {gate: m["threshold"] for gate, m in last.items()} == expected_gates(original), rollout.describe_timeline()
+    assert {gate: m["threshold"] for gate, m in last.items()} == expected_gates(original), (
+        rollout.describe_timeline())
     assert {gate: m["verdict"] for gate, m in last.items()} == dict.fromkeys(last, "Pass"), last
     assert not [m for m in rollout.last_round["analysis"] if m["verdict"] == "Fail"]
     # The analysis judged real traffic, and that traffic was served.
