@@ -68,7 +68,11 @@ _DURATION = s.DURATION_PATTERN
 _METRIC = r"^[a-z][a-z0-9-]{0,62}$"
 _HTTP_ROUTE = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 _DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# RFC 1123 labels (a webhook's name under spec.notifications): a digit may lead.
+_RFC1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _ADDRESS = r"^https?://[^\s]+$"
+# A Secret's data key (a webhook's urlFrom.secretKeyRef.key).
+_SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 
 
 def _dns(rng: random.Random, first: str, rest: str, length: int) -> str:
@@ -97,6 +101,10 @@ PATTERN_SAMPLERS: dict[str, Callable[[random.Random], str]] = {
     _METRIC: lambda rng: _dns(rng, rng.choice(LOWER), LOWER + DIGITS + "-", rng.randint(0, 20)),
     _HTTP_ROUTE: lambda rng: _dns(rng, rng.choice(LOWER), LOWER + DIGITS + "-.", rng.randint(0, 30)),
     _DNS_LABEL: lambda rng: _dns(rng, rng.choice(LOWER), LOWER + DIGITS + "-", rng.randint(0, 40)),
+    _RFC1123_LABEL: lambda rng: _dns(rng, rng.choice(LOWER + DIGITS), LOWER + DIGITS + "-",
+                                     rng.randint(0, 40)),
+    _SECRET_KEY: lambda rng: "".join(rng.choice(LOWER + LOWER.upper() + DIGITS + "-._")
+                                      for _ in range(rng.randint(1, 30))),
     _ADDRESS: lambda rng: rng.choice(
         ["http://127.0.0.1:9", "https://prometheus.monitoring:9090/prefix?x=ü",
          "http://[::1]:1/", "http://" + "p" * 300 + ".example:9090"]),
@@ -107,6 +115,8 @@ PATTERN_BREAKERS: dict[str, tuple[str, ...]] = {
     _METRIC: ("Upper", "1starts-with-digit", "under_score", "", "a" * 64, "ünï"),
     _HTTP_ROUTE: ("Route", "-leading", "trailing-", "a b", ""),
     _DNS_LABEL: ("Preview", "has.dot", "-x", "x_y", "ü"),
+    _RFC1123_LABEL: ("Team-Chat", "has.dot", "-x", "x_", "ü"),
+    _SECRET_KEY: ("has space", "slash/key", "", "ü"),
     _ADDRESS: ("prometheus:9090", "ftp://x", "http://", "http://has space", ""),
 }
 
@@ -150,8 +160,21 @@ class _Walker:
         if kind == "array":
             low = schema.get("minItems", 0)
             high = min(schema.get("maxItems", 4), low + 3)
-            return [self.value(schema["items"], f"{path}[{i}]", depth + 1)
-                    for i in range(self.rng.randint(low, high))]
+            items = [self.value(schema["items"], f"{path}[{i}]", depth + 1)
+                     for i in range(self.rng.randint(low, high))]
+            # A set, or a map keyed by some fields, allows no repeats (the API server answers
+            # 422 "Duplicate value"): keep the first of each.
+            keys = schema.get("x-kubernetes-list-map-keys")
+            if schema.get("x-kubernetes-list-type") not in ("set", "map"):
+                return items
+            seen: list[Any] = []
+            unique = []
+            for item in items:
+                key = [item.get(k) for k in keys] if keys and isinstance(item, dict) else item
+                if key not in seen:
+                    seen.append(key)
+                    unique.append(item)
+            return unique
         if kind == "string":
             return self.string(schema)
         if kind == "integer":
