@@ -236,6 +236,8 @@ class AnalysisRunner:
         provider = self._provider(analysis.provider, secrets)
         canary, stable = await self._run(md, request, provider, gates, indicators, analysis.interval)
         report = judge_round(analysis, status, request, canary, stable, now, (gates, indicators))
+        if request.mirror_percent:
+            report = dataclasses.replace(report, mirror=await self._mirrored(md, request, provider, now))
         self._count(md, report)
         if indicators:
             self._indicators_checked[key] = now
@@ -288,6 +290,27 @@ class AnalysisRunner:
         if breach is not None:
             self._count(md, breach)
         return breach
+
+    async def _mirrored(
+        self, md: s.ModelDeployment, request: AnalysisRequest, provider: MetricProvider,
+        now: dt.datetime,
+    ) -> s.MirrorStatus:
+        """What the canary answered and spent since the mirror step started: before the first
+        setWeight every request it answers is a mirrored copy, so its spend is the extra
+        upstream cost the mirror caused (after one, its share of users' requests counts too)."""
+        seconds = max(1, math.ceil((now - request.since).total_seconds()))
+        context = promql.QueryContext(
+            name=md.metadata.name, namespace=md.metadata.namespace, revision=request.revision,
+            stable_revision=request.stable_revision or request.revision, interval=f"{seconds}s")
+        answered, spent = await asyncio.gather(
+            self._timed(provider, promql.render(presets.MIRROR_REQUESTS, context)),
+            self._timed(provider, promql.render(presets.MIRROR_COST, context)))
+        return s.MirrorStatus(
+            revision=request.revision, percent=request.mirror_percent,
+            since=request.since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            requests=answered.value if isinstance(answered, Measurement) else None,
+            cost_usd=round(spent.value, 6) if isinstance(spent, Measurement) else None,
+        )
 
     def indicator_check_in(
         self, md: s.ModelDeployment, status: s.ModelDeploymentStatus, now: dt.datetime

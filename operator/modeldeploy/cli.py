@@ -142,6 +142,15 @@ def render_status(
                 _ago(metric.time, now),
             ])
         lines += ["Analysis:", table(rows, indent="  ")]
+    if status.evaluation is not None:
+        lines += render_evaluation(status.evaluation, now)
+    if status.mirror is not None:
+        mirrored = status.mirror
+        requests = "-" if mirrored.requests is None else f"{mirrored.requests:.0f}"
+        cost = "-" if mirrored.cost_usd is None else f"${mirrored.cost_usd:.4f}"
+        lines.append(f"Mirror:     {mirrored.percent}% of requests copied to "
+                     f"{mirrored.revision} since {_ago(mirrored.since, now)}: {requests} "
+                     f"answered, extra upstream cost {cost}")
     if status.conditions:
         rows = [["CONDITION", "STATUS", "REASON", "MESSAGE"]]
         rows += [[c.type, c.status, c.reason, c.message] for c in status.conditions]
@@ -154,6 +163,23 @@ def render_status(
                          event.get("message", "")])
         lines += ["Events:", table(rows, indent="  ")]
     return "\n".join(lines)
+
+
+def render_evaluation(evaluation: s.EvaluationStatus, now: dt.datetime) -> list[str]:
+    """The last evaluation: verdict, score, cost, and the first failing cases."""
+    score = "-" if evaluation.score is None else f"{evaluation.score:.2f}"
+    agreement = "" if evaluation.agreement is None else f", agreement {evaluation.agreement:.2f}"
+    lines = [
+        f"Evaluation: {evaluation.verdict} for {evaluation.revision} ({_ago(evaluation.finished_at, now)}):"
+        f" {evaluation.passed}/{evaluation.cases} passed, score {score} "
+        f"(min {evaluation.min_score:g}){agreement}, {evaluation.unanswered} unanswered, "
+        f"{evaluation.tokens} tokens, ${evaluation.cost_usd:.4f}",
+        f"  {printable(evaluation.message)}",
+    ]
+    if evaluation.failures:
+        rows = [["CASE", "WHY"]] + [[f.id, f.reason] for f in evaluation.failures]
+        lines.append(table(rows, indent="  "))
+    return lines
 
 
 def render_history(body: Manifest, now: dt.datetime) -> str:

@@ -53,6 +53,12 @@ from modeldeploy import engine, metrics, notify
 from modeldeploy import spec as s
 from modeldeploy.actuator import apply_actions
 from modeldeploy.analysis_runner import AnalysisRunner
+from modeldeploy.evaluation_runner import (
+    SERVICE_ADDRESSES_ENV,
+    EvaluationRunner,
+    ServiceAddresses,
+    service_addresses_from_env,
+)
 from modeldeploy.kube.cache import ClusterCache, cancel_and_wait
 from modeldeploy.kube.client import CALL_DEADLINE, USER_AGENT, KubeClient, NamespaceTerminating
 from modeldeploy.kube.objects import quantities_as_strings
@@ -110,6 +116,9 @@ class OperatorConfig:
     # The webhook of resources without spec.notifications (MODELDEPLOY_DEFAULT_WEBHOOK_*,
     # modeldeploy.notify); None: none.
     default_webhook: notify.WebhookTarget | None = None
+    # How evaluation steps reach a revision's Service (MODELDEPLOY_SERVICE_ADDRESSES,
+    # modeldeploy.evaluation_runner): cluster DNS, or the address its status publishes.
+    service_addresses: ServiceAddresses = "clusterDNS"
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -139,6 +148,7 @@ class OperatorConfig:
             default_webhook=notify.default_webhook_from_env(
                 env(notify.DEFAULT_WEBHOOK_SECRET_ENV), env(notify.DEFAULT_WEBHOOK_FORMAT_ENV),
                 env(notify.DEFAULT_WEBHOOK_EVENTS_ENV)),
+            service_addresses=service_addresses_from_env(env(SERVICE_ADDRESSES_ENV)),
         )
 
 
@@ -197,6 +207,8 @@ ROLLBACK_REASONS = {
     "RollbackIndicatorBreached": "rollback-indicator",
     "AnalysisFailed": "failure-limit",
     "AnalysisInconclusive": "inconclusive-limit",
+    "EvaluationFailed": "evaluation",
+    "EvaluationInconclusive": "inconclusive-limit",
     "RolloutAborted": "abort",
     "ProgressDeadlineExceeded": "progress-deadline",
 }
@@ -250,6 +262,8 @@ class RolloutController:
         self._analysis = AnalysisRunner(self._kube, config.query_concurrency,
                                         ProviderAddresses(config.allowed_provider_addresses))
         self.notifier = notify.Notifier(self._kube, user_agent=USER_AGENT)
+        # A finished evaluation queues its resource: the next tick hands the result over.
+        self._evaluations = EvaluationRunner(self._kube, self.notice, config.service_addresses)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- scheduling ------------------------------------------------------------------
@@ -272,6 +286,7 @@ class RolloutController:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
+        await self._evaluations.stop()
         await self.notifier.stop()
         await self.cache.stop()
 
@@ -360,6 +375,7 @@ class RolloutController:
         if body is None or body["metadata"].get("deletionTimestamp"):
             metrics.forget(namespace, name)
             self._analysis.forget(namespace, name)
+            self._evaluations.forget(namespace, name)
             return None
         now = _utcnow()
         generation = int(body["metadata"].get("generation") or 0)
@@ -373,7 +389,8 @@ class RolloutController:
         # template the podTemplatePolicy or the kubernetes client refuses) are validated
         # like the spec.
         refused = [*self._config.pod_template_policy.refusals(md.spec.template.spec),
-                   *self._analysis.refusals(md.spec), *pod_template_refusals(md.spec.template)]
+                   *self._analysis.refusals(md.spec), *pod_template_refusals(md.spec.template),
+                   *engine.mirror_refusals(md.spec)]
         if refused:
             await self._report_invalid(body, status, generation, refused, now)
             return None
@@ -390,6 +407,7 @@ class RolloutController:
             deployments=observe_deployments(deployments, pods),
             served=served,
             analysis=await self._analysis.measure(md, status, now),
+            evaluation=self._evaluations.result(md, status),
         )
         decision = engine.reconcile(md.spec, status, observation, name)
         self._require_leadership()

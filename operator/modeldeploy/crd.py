@@ -134,6 +134,9 @@ PRINTER_COLUMNS: list[JSONDict] = [
     {"name": "Canary", "type": "string", "jsonPath": ".status.canaryRevision"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Message", "type": "string", "jsonPath": ".status.message"},
+    # `kubectl get -o wide`: the last evaluation of the new revision.
+    {"name": "Evaluation", "type": "string", "jsonPath": ".status.evaluation.verdict", "priority": 1},
+    {"name": "Score", "type": "number", "jsonPath": ".status.evaluation.score", "priority": 1},
 ]
 
 

@@ -3,7 +3,7 @@
 The chart's alerts and dashboard are written against these names:
 - modeldeploy_rollouts_total{namespace,name,result}: finished rollouts (Promoted, RolledBack, Aborted)
 - modeldeploy_rollbacks_total{namespace,name,reason}: automatic and manual reverts, by reason
-  (rollback-indicator, failure-limit, inconclusive-limit, abort, progress-deadline)
+  (rollback-indicator, failure-limit, inconclusive-limit, evaluation, abort, progress-deadline)
 - modeldeploy_analysis_measurements_total{namespace,name,metric,verdict}
 - modeldeploy_analysis_query_seconds: provider query latency (histogram)
 - modeldeploy_canary_weight{namespace,name}: the effective canary weight now

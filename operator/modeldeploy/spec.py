@@ -207,11 +207,85 @@ class AnalysisStep(Model):
     )
 
 
-_STEP_KINDS = ["setWeight", "pause", "analysis"]
+# A JSON path as evaluation checks read one: ``$``, then ``.key`` or ``[index]`` parts.
+JSON_PATH_PATTERN = r"^\$(\.[A-Za-z_][A-Za-z0-9_-]*|\[[0-9]+\])*$"
+
+
+class CompareToStable(Model):
+    """Stable answers the same cases in the same run; the canary must agree with it."""
+
+    path: str = Field(
+        pattern=JSON_PATH_PATTERN, max_length=256,
+        description="JSON path of the answer compared, e.g. $.score.",
+    )
+    tolerance: float = Field(
+        0, ge=0, allow_inf_nan=False,
+        description="Numbers agree within this much; other values must be equal.",
+    )
+    min_agreement: float = Field(
+        0.9, ge=0, le=1, allow_inf_nan=False,
+        description="Share of the cases both answered on which they must agree.",
+    )
+
+
+class EvaluationStep(Model):
+    """Send a fixed set of cases to the new revision alone and judge its answers.
+
+    The cases are JSON lines in a ConfigMap of the namespace, one per line:
+    ``{"id": "...", "body": {...}, "expect": {"status": 200, "fields": [{"path": "$.score",
+    "min": 60, "max": 80}]}}`` (a field check: equals, min, max, pattern, length). See the
+    README's "Evaluation steps".
+    """
+
+    config_map: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253,
+        description="The ConfigMap (same namespace) holding the cases.",
+    )
+    cases_key: str = Field(
+        "cases.jsonl", pattern=r"^[-._a-zA-Z0-9]+$", max_length=253,
+        description="Its key holding the cases, as JSON lines.",
+    )
+    schema_key: str | None = Field(
+        None, pattern=r"^[-._a-zA-Z0-9]+$", max_length=253,
+        description="Its key holding a JSON Schema every 2xx answer must match.",
+    )
+    path: str = Field(
+        pattern=r"^/[^\s?#]*$", max_length=1024, description="The path each case is sent to."
+    )
+    method: Literal["POST", "PUT", "GET"] = "POST"
+    sample_size: int | None = Field(
+        None, ge=1, le=1000,
+        description="Cases run per evaluation (a sample seeded by the revision); all when unset.",
+    )
+    concurrency: int = Field(4, ge=1, le=64, description="Cases in flight at once.")
+    timeout_seconds: float = Field(
+        60, gt=0, le=600, allow_inf_nan=False, description="Per case, for the whole answer."
+    )
+    min_score: float = Field(
+        ge=0, le=1, allow_inf_nan=False,
+        description="Share of the cases that must pass (0.95: 95%).",
+    )
+    max_unanswered: float = Field(
+        0.1, ge=0, le=1, allow_inf_nan=False,
+        description="Beyond this share of cases with no answer (timeout, refused connection) "
+        "the evaluation is inconclusive rather than failed.",
+    )
+    compare_to_stable: CompareToStable | None = None
+
+
+class MirrorStep(Model):
+    """Copy a share of live requests to the new revision; users only ever see stable's
+    answers (needs a router that can mirror: gatewayAPI)."""
+
+    percent: int = Field(ge=1, le=100, description="Share of requests copied to the canary.")
+    duration: Duration = Field(description="How long the mirror runs; analysis judges it meanwhile.")
+
+
+_STEP_KINDS = ["setWeight", "pause", "analysis", "evaluation", "mirror"]
 
 
 class CanaryStep(Model):
-    """One step of a canary: exactly one of setWeight, pause or analysis."""
+    """One step of a canary: exactly one of setWeight, pause, analysis, evaluation or mirror."""
 
     model_config = ConfigDict(
         json_schema_extra={"x-kubernetes-validations": [_exactly_one_rule(_STEP_KINDS, "a step")]}
@@ -220,6 +294,8 @@ class CanaryStep(Model):
     set_weight: Weight | None = None
     pause: Pause | None = None
     analysis: AnalysisStep | None = None
+    evaluation: EvaluationStep | None = None
+    mirror: MirrorStep | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> CanaryStep:
@@ -313,6 +389,9 @@ class BlueGreenStrategy(Model):
     )
     pre_promotion_analysis: AnalysisStep | None = Field(
         None, description="Analysis of the preview before the switch."
+    )
+    pre_promotion_evaluation: EvaluationStep | None = Field(
+        None, description="An evaluation of green (through the preview Service) before the switch."
     )
 
     @field_validator("auto_promotion_seconds")
@@ -753,6 +832,11 @@ class ModelDeploymentSpec(Model):
             raise ValueError(
                 "strategy.canary.steps has an analysis step but spec.analysis is unset"
             )
+        if canary and any(step.mirror is not None for step in canary.steps):
+            raise ValueError(
+                "strategy.canary.steps has a mirror step but spec.analysis is unset: analysis "
+                "judges the canary on the mirrored requests"
+            )
         blue_green = self.strategy.blue_green
         if blue_green and blue_green.pre_promotion_analysis is not None:
             raise ValueError(
@@ -812,6 +896,49 @@ class MetricStatus(Model):
     )
 
 
+class EvaluationFailure(Model):
+    """A case that did not pass, and why."""
+
+    id: str = Field(max_length=256)
+    reason: str = Field(max_length=1024)
+
+
+class EvaluationStatus(Model):
+    """The last evaluation of the new revision: what an SRE reads to see why it failed."""
+
+    revision: str
+    step: int = Field(ge=0, description="The step (index into the rollout's steps) it ran for.")
+    step_started_at: str = Field(description="The start of the step it ran for.")
+    finished_at: str
+    verdict: Verdict
+    score: float | None = Field(None, description="Share of the cases that passed.")
+    min_score: float
+    cases: int = Field(0, description="Cases run.")
+    passed: int = 0
+    unanswered: int = Field(0, description="Cases with no answer (timeout, refused connection).")
+    agreement: float | None = Field(
+        None, description="compareToStable: share of the cases both answered that agree."
+    )
+    tokens: int = Field(0, description="Tokens the evaluation's calls cost (canary and stable).")
+    cost_usd: float = Field(0, description="USD the evaluation's calls cost (canary and stable).")
+    failures: list[EvaluationFailure] = Field(
+        default_factory=list, max_length=5, description="The first few failing cases."
+    )
+    message: str = ""
+
+
+class MirrorStatus(Model):
+    """What a mirror step has copied to the canary so far, and what that cost upstream."""
+
+    revision: str
+    percent: int
+    since: str
+    requests: float | None = Field(None, description="Mirrored requests the canary answered.")
+    cost_usd: float | None = Field(
+        None, description="Extra upstream cost of the mirrored requests (the canary's spend)."
+    )
+
+
 class HistoryEntry(Model):
     """One revision's outcome, newest first."""
 
@@ -851,12 +978,13 @@ class ModelDeploymentStatus(Model):
     step_started_at: str | None = None
     paused_at: str | None = None
     pause_reason: str | None = None
-    pause_cause: Literal["user", "inconclusive", "analysisFailed", "routeNotAccepted"] | None = (
-        Field(
-            None,
-            description="Who holds the rollout: the user, analysis (inconclusive, failed), or "
-            "the Gateway (no parent accepts the HTTPRoute; resumes once one does).",
-        )
+    pause_cause: Literal[
+        "user", "inconclusive", "analysisFailed", "evaluationInconclusive", "routeNotAccepted"
+    ] | None = Field(
+        None,
+        description="Who holds the rollout: the user, analysis (inconclusive, failed), an "
+        "inconclusive evaluation (resume runs it again), or the Gateway (no parent accepts the "
+        "HTTPRoute; resumes once one does).",
     )
     not_ready_since: str | None = Field(
         None, description="Since when the current step waits for readiness (progressDeadline)."
@@ -873,6 +1001,8 @@ class ModelDeploymentStatus(Model):
     previous_revision: str | None = None
     bake_until: str | None = None
     analysis: list[MetricStatus] = Field(default_factory=list)
+    evaluation: EvaluationStatus | None = None
+    mirror: MirrorStatus | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
     control: ControlRequest | None = None

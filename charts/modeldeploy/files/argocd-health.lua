@@ -8,6 +8,11 @@
 --   phase RolledBack, Failed or Degraded                               -> Degraded
 --   phase Succeeded                                                    -> Healthy
 --   anything else (Pending, Progressing, Promoting, no phase)          -> Progressing
+--
+-- An evaluation that did not pass (status.evaluation) is added to the message of a
+-- rolled-back or paused rollout, with its score, so the app's view says why without a
+-- click: "...; evaluation Fail: 30/50 passed (score 0.60)". A mirror of the revision in
+-- flight (status.mirror) adds the extra upstream cost it has caused so far.
 local hs = {}
 
 -- Numbers arrive as floats from Argo CD; print them as integers.
@@ -71,6 +76,21 @@ if message == nil or message == "" then
   else
     message = "waiting for the operator"
   end
+end
+
+local evaluation = status.evaluation
+if evaluation ~= nil and evaluation.verdict ~= nil and evaluation.verdict ~= "Pass"
+    and (phase == "Paused" or phase == "RolledBack") then
+  local text = "evaluation " .. evaluation.verdict .. ": " .. int(evaluation.passed or 0) .. "/"
+    .. int(evaluation.cases or 0) .. " passed"
+  if evaluation.score ~= nil then
+    text = text .. string.format(" (score %.2f)", evaluation.score)
+  end
+  message = message .. "; " .. text
+end
+local mirror = status.mirror
+if mirror ~= nil and mirror.revision == status.canaryRevision and mirror.costUsd ~= nil then
+  message = message .. string.format("; mirror extra upstream cost $%.4f", mirror.costUsd)
 end
 
 if phase == "Paused" then

@@ -95,6 +95,10 @@ _ANSWERED_ALL_REVISIONS = (
     'outcome!="rejected"}[{{interval}}]))'
 )
 _COST = f"sum(rate(model_cost_usd_total{{{_SEL}}}[{{{{interval}}}}]))"
+# A mirror step's figures, over the step so far ({{interval}}: since it started): the
+# requests the canary answered and what they cost upstream.
+MIRROR_REQUESTS = f'sum(increase(model_requests_total{{{_SEL},outcome!="rejected"}}[{{{{interval}}}}]))'
+MIRROR_COST = f"sum(increase(model_cost_usd_total{{{_SEL}}}[{{{{interval}}}}]))"
 # cAdvisor's (and kube-state-metrics') series of the revision's containers (see the
 # module docstring).
 _REVISION_CONTAINERS = (

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from modeldeploy.spec import MetricStatus, Verdict
+from modeldeploy.spec import MetricStatus, MirrorStatus, Verdict
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,8 @@ class AnalysisReport:
     failed: AnalysisFailure | None = None
     inconclusive_exceeded: AnalysisFailure | None = None
     summary: str = ""
+    # During a mirror step: what the canary answered of the copies, and their upstream cost.
+    mirror: MirrorStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -106,3 +108,5 @@ class AnalysisRequest:
     metrics: tuple[str, ...] | None = None
     measurements: int | None = None
     stable_serves_traffic: bool = True
+    # A mirror step: the percent of requests copied to the canary (its figures are measured).
+    mirror_percent: int = 0

@@ -39,7 +39,7 @@ label the running pods in place, or accept that the label lags on the template).
 
 Actions (:mod:`modeldeploy.engine.actions`): EnsureConfigMap, EnsureDeployment,
 ScaleDeployment, DeleteDeployment, EnsureService, EnsurePreviewService,
-SetTrafficWeight, EmitEvent. Behaviour and the choices made where the design is
+EnsureTrackServices, SetTrafficWeight, EmitEvent. Behaviour and the choices made where the design is
 silent: :mod:`modeldeploy.engine.machine` (state machine),
 :mod:`modeldeploy.engine.replicas` (rounding), :mod:`modeldeploy.engine.revision`,
 :mod:`modeldeploy.engine.steps` (what status.currentStep indexes).
@@ -53,6 +53,7 @@ from modeldeploy.engine.actions import (
     EnsureDeployment,
     EnsurePreviewService,
     EnsureService,
+    EnsureTrackServices,
     ScaleDeployment,
     SetTrafficWeight,
     Track,
@@ -65,7 +66,9 @@ from modeldeploy.engine.blocked import (
 from modeldeploy.engine.machine import (
     ACTION_FAILED_CONDITION,
     Decision,
+    EvaluationRequest,
     analysis_request,
+    evaluation_request,
     format_time,
     invalid_spec_status,
     parse_time,
@@ -85,6 +88,7 @@ from modeldeploy.engine.routers import (
     REPLICAS_ROUTER,
     RouterCapabilities,
     capabilities_of,
+    mirror_refusals,
 )
 from modeldeploy.engine.steps import Step, steps_of
 
@@ -102,6 +106,8 @@ __all__ = [
     "EnsureDeployment",
     "EnsurePreviewService",
     "EnsureService",
+    "EnsureTrackServices",
+    "EvaluationRequest",
     "Observation",
     "ReplicaPlan",
     "RouterCapabilities",
@@ -117,8 +123,10 @@ __all__ = [
     "capabilities_of",
     "conflict_status",
     "effective_weight",
+    "evaluation_request",
     "format_time",
     "invalid_spec_status",
+    "mirror_refusals",
     "parse_time",
     "plan_replicas",
     "reconcile",

@@ -96,6 +96,7 @@ from modeldeploy.engine.actions import (
     EnsureDeployment,
     EnsurePreviewService,
     EnsureService,
+    EnsureTrackServices,
     ScaleDeployment,
     SetTrafficWeight,
     Track,
@@ -109,6 +110,8 @@ from modeldeploy.messages import STATUS_MESSAGE_MAX, bounded
 from modeldeploy.spec import (
     Condition,
     ControlRequest,
+    EvaluationStatus,
+    EvaluationStep,
     HistoryEntry,
     MetricStatus,
     ModelDeploymentSpec,
@@ -140,7 +143,9 @@ PHASE_EVENT_REASONS = {
 }
 
 Outcome = Literal["Promoted", "RolledBack", "Aborted", "Superseded"]
-PauseCause = Literal["user", "inconclusive", "analysisFailed", "routeNotAccepted"]
+PauseCause = Literal[
+    "user", "inconclusive", "analysisFailed", "evaluationInconclusive", "routeNotAccepted"
+]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
@@ -465,6 +470,8 @@ class _Tick:
         status.not_ready_since = format_time(self.now)
         status.fast_rollout = True if fast else None
         status.analysis = []
+        status.evaluation = None
+        status.mirror = None
         entry_reason = f"{reason}; known-good revision: pauses and analysis skipped" if fast else (
             reason
         )
@@ -552,6 +559,8 @@ class _Tick:
             status.analysis = [
                 *report.metrics, *(m for m in status.analysis if m.name not in measured)
             ]
+            if report.mirror is not None:
+                status.mirror = report.mirror
             if self.judge(report):
                 return
             if (status.pause_cause == "inconclusive" and report.inconclusive_exceeded is None
@@ -559,6 +568,11 @@ class _Tick:
                 # Measurements are conclusive again (e.g. Prometheus is back): go on.
                 self.release()
                 self.record("analysis conclusive again: resumed")
+        evaluated = self.usable_evaluation()
+        if evaluated is not None:
+            status.evaluation = evaluated
+            if self.judge_evaluation(evaluated):
+                return
         self.follow_route()
         if status.paused_at is not None:
             return
@@ -569,6 +583,13 @@ class _Tick:
             return
         if self.now <= self.since(status.step_started_at):
             return  # a step never completes in the tick it started in
+        if status.not_ready_since is not None and self.step.kind == "mirror" \
+                and status.bake_until is None:
+            # A mirror's duration counts from when the route mirrors (readiness verified it):
+            # what analysis judges is the canary's answers to the copies.
+            status.step_started_at = format_time(self.now)
+            status.not_ready_since = None
+            return
         status.not_ready_since = None
         if status.bake_until is not None:
             if self.now >= parse_time(status.bake_until):
@@ -578,9 +599,14 @@ class _Tick:
         started = self.since(status.step_started_at)
         if step.kind in ("setWeight", "preview", "full"):
             self.complete_step()
-        elif step.kind in ("pause", "await"):
+        elif step.kind in ("pause", "await", "mirror"):
             if step.duration is not None and self.now >= started + step.duration:
                 self.complete_step()
+        elif step.kind == "evaluation":
+            done = self.step_evaluation()
+            if done is not None and done.verdict == Verdict.PASS:
+                self.complete_step(record=f"evaluation {done.passed}/{done.cases} passed "
+                                          f"(score {done.score:.2f}, ${done.cost_usd:.4f})")
         elif report is not None and report.consecutive_passes >= step.measurements:
             self.complete_step()
 
@@ -650,6 +676,51 @@ class _Tick:
                       "again; `modeldeploy promote` goes on")
         return False
 
+    def usable_evaluation(self) -> EvaluationStatus | None:
+        """This tick's evaluation result if it ran for the current step as it is now (a
+        result for a step since restarted, resumed or left is stale) and is new."""
+        result = self.observation.evaluation
+        status = self.status
+        if (result is None or self.step.kind != "evaluation" or status.bake_until is not None
+                or result.revision != status.canary_revision
+                or result.step != self.step_index
+                or result.step_started_at != status.step_started_at
+                or result == status.evaluation):
+            return None
+        return result
+
+    def step_evaluation(self) -> EvaluationStatus | None:
+        """The evaluation recorded in status for the current step, if it has run."""
+        done = self.status.evaluation
+        if (done is None or self.step.kind != "evaluation"
+                or done.revision != self.status.canary_revision
+                or done.step != self.step_index
+                or done.step_started_at != self.status.step_started_at):
+            return None
+        return done
+
+    def judge_evaluation(self, result: EvaluationStatus) -> bool:
+        """Act on an evaluation as on analysis; True when the rollout was reverted.
+
+        Failed: revert (rollback.automatic) or hold. Inconclusive (no answer from too many
+        cases, stable unreachable): revert with analysis.onInconclusive rollback, else hold
+        until a person resumes (which runs it again) or promotes."""
+        summary = f"evaluation of revision {result.revision}: {result.message}"
+        if result.verdict == Verdict.FAIL:
+            if self.spec.rollback.automatic:
+                self.revert(Phase.ROLLED_BACK, "EvaluationFailed", summary, "RolledBack")
+                return True
+            self.hold("analysisFailed", summary, "rollback.automatic is off: "
+                      "`modeldeploy abort` reverts, `modeldeploy promote` goes on")
+        elif result.verdict == Verdict.INCONCLUSIVE:
+            analysis = self.spec.analysis
+            if analysis is not None and analysis.on_inconclusive == "rollback":
+                self.revert(Phase.ROLLED_BACK, "EvaluationInconclusive", summary, "RolledBack")
+                return True
+            self.hold("evaluationInconclusive", summary, "`modeldeploy resume` runs the "
+                      "evaluation again, `modeldeploy promote` goes on without it")
+        return False
+
     def follow_route(self) -> None:
         """Hold while the data plane refuses the route (no Gateway accepted the HTTPRoute)
         and go on by itself once one does, as an inconclusive hold does; another hold
@@ -696,10 +767,12 @@ class _Tick:
         status.not_ready_since = format_time(self.now)
         status.analysis = [_restarted(m, fresh_counters) for m in status.analysis]
 
-    def complete_step(self, note: str | None = None) -> None:
+    def complete_step(self, note: str | None = None, record: str | None = None) -> None:
+        """Go to the next step; ``note``: a person's decision; ``record``: the history line
+        when the step's own (``Step.record``) says too little."""
         status = self.status
         step = self.step
-        self.record(note or step.record())
+        self.record(note or record or step.record())
         index = self.step_index
         self.event(
             "Normal",
@@ -759,6 +832,12 @@ class _Tick:
         if self.router is None:  # blue-green: both sides at full size, the Service switches
             return n, n, 100 if at_full else 0, canary if at_full else stable
         weight = 100 if at_full else self.step.weight
+        if weight == 0 and self.step.kind in ("evaluation", "mirror") and n > 0:
+            # Canary pods that serve no user: one for the evaluation's cases, enough for the
+            # mirrored share of requests; stable keeps every pod and the Service (narrowed
+            # to stable) all users.
+            pods = max(1, -(-self.step.mirror * n // 100))
+            return pods, n, 0, stable
         plan = plan_replicas(weight, n, self.router, self.dynamic_stable_scale)
         observed = self.observation.deployments.get(canary or "")
         canary_ready = min(observed.ready_replicas, plan.canary) if observed else 0
@@ -864,10 +943,20 @@ class _Tick:
     def planned_split(self) -> ServedSplit:
         """What the data plane should serve now, in the router's terms (see ServedSplit)."""
         canary_replicas, stable_replicas, weight, selects = self.plan()
+        mirror = self.mirror_percent()
         if self.exact_weights:
-            return ServedSplit(canary=weight, stable=100 - weight)
+            return ServedSplit(canary=weight, stable=100 - weight, mirror=mirror)
+        if selects is not None and selects == self.status.stable_revision:
+            return ServedSplit(canary=0, stable=stable_replicas, mirror=mirror)
         narrowed = selects is not None and selects == self.status.canary_revision
-        return ServedSplit(canary=canary_replicas, stable=0 if narrowed else stable_replicas)
+        return ServedSplit(canary=canary_replicas, stable=0 if narrowed else stable_replicas,
+                           mirror=mirror)
+
+    def mirror_percent(self) -> int:
+        """The percent of requests copied to the canary now (a mirror step's, else 0)."""
+        if self.status.canary_revision is None or self.status.bake_until is not None:
+            return 0
+        return self.step.mirror if self.step.kind == "mirror" else 0
 
     def unserved(self) -> str | None:
         """What the data plane still has to serve (None: it serves the plan)."""
@@ -879,6 +968,9 @@ class _Tick:
         wanted = self.planned_split()
         if served == wanted:
             return None
+        if isinstance(served, ServedSplit) and served.mirror != wanted.mirror:
+            return (f"waiting for the HTTPRoute to mirror {wanted.mirror}% of requests to the "
+                    f"canary (accepted route mirrors {served.mirror}%)")
         if self.exact_weights:
             return (
                 f"waiting for the HTTPRoute to serve canary weight {wanted.canary} "
@@ -1011,6 +1103,23 @@ class _Tick:
                 f"{prefix}: previous revision {status.stable_revision} kept until {left}, "
                 f"warm at {self.replicas} pods for an instant revert{suffix}"
             )
+        if step.kind == "mirror":
+            assert step.duration is not None
+            mirrored = status.mirror
+            so_far = ""
+            if mirrored is not None and mirrored.requests is not None:
+                so_far = f"; {mirrored.requests:.0f} requests mirrored so far"
+                if mirrored.cost_usd is not None:
+                    so_far += f", extra upstream cost ${mirrored.cost_usd:.4f}"
+            return Phase.PROGRESSING, (
+                f"{prefix}: mirroring {step.mirror}% of requests to the canary, "
+                f"{_left(started + step.duration - self.now)} left; users only see stable's "
+                f"answers{so_far}{suffix}")
+        if step.kind == "evaluation":
+            assert step.evaluation is not None
+            return Phase.PROGRESSING, (
+                f"{prefix}: sending the cases of ConfigMap {step.evaluation.config_map} to "
+                f"revision {status.canary_revision}{suffix}")
         if step.kind in ("pause", "await"):
             if step.duration is None:
                 return Phase.PAUSED, f"{prefix}: paused until `modeldeploy promote`{suffix}"
@@ -1094,7 +1203,7 @@ class _Tick:
             canary_replicas, stable_replicas, weight, selects = self.plan()
             wanted[canary] = ("canary", canary_replicas)
             wanted[stable] = ("stable", stable_replicas)
-            traffic = SetTrafficWeight(stable, canary, weight)
+            traffic = SetTrafficWeight(stable, canary, weight, mirror_percent=self.mirror_percent())
             preview = canary
         idle: list[tuple[str | None, Track]] = [
             (status.previous_revision, "stable"),
@@ -1112,6 +1221,9 @@ class _Tick:
             else:
                 actions.append(ScaleDeployment(revision, replicas))
         actions.append(EnsureService(selects))
+        if stable is not None and self.router is not None and (
+                self.exact_weights or any(step.kind == "evaluation" for step in self.steps)):
+            actions.append(EnsureTrackServices(stable, canary or status.reverting_from))
         if self.blue_green and preview is not None:
             actions.append(EnsurePreviewService(preview))
         if not self.blue_green and traffic is not None:
@@ -1194,9 +1306,49 @@ def analysis_request(
             measurements=step.measurements,
             stable_serves_traffic=stable_serves,
         )
-    takes_traffic = at_full or (canary_strategy and step.weight > 0)
+    # A mirror step's canary answers copies of live requests: analysis judges it on them.
+    takes_traffic = at_full or (canary_strategy and (step.weight > 0 or step.kind == "mirror"))
     if not takes_traffic:
         return None
     return AnalysisRequest(
-        revision=canary, stable_revision=stable, since=since, stable_serves_traffic=stable_serves
+        revision=canary, stable_revision=stable, since=since, stable_serves_traffic=stable_serves,
+        mirror_percent=step.mirror if step.kind == "mirror" and not at_full else 0,
     )
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """An evaluation the shell should run now (see :func:`evaluation_request`)."""
+
+    revision: str
+    stable_revision: str
+    step: int
+    step_started_at: str
+    evaluation: EvaluationStep
+    # Blue-green: green is reached through the preview Service, blue through the Service.
+    blue_green: bool
+
+
+def evaluation_request(
+    spec: ModelDeploymentSpec, status: ModelDeploymentStatus
+) -> EvaluationRequest | None:
+    """The evaluation to run, or None: only at an evaluation step whose readiness the engine
+    has seen (``notReadySince`` cleared), not held, and not yet evaluated (status.evaluation
+    is for another step or step start). The result comes back as ``Observation.evaluation``
+    naming the same step and step start, so one that finishes after the step moved on is
+    ignored; a restarted operator runs it again."""
+    canary, stable = status.canary_revision, status.stable_revision
+    if canary is None or stable is None or status.bake_until is not None:
+        return None
+    steps = steps_of(spec)
+    index = min(status.current_step or 0, len(steps) - 1)
+    step = steps[index]
+    if (step.kind != "evaluation" or step.evaluation is None or status.paused_at is not None
+            or status.not_ready_since is not None or status.step_started_at is None):
+        return None
+    done = status.evaluation
+    if done is not None and done.revision == canary and done.step == index \
+            and done.step_started_at == status.step_started_at:
+        return None
+    return EvaluationRequest(canary, stable, index, status.step_started_at, step.evaluation,
+                             spec.strategy.blue_green is not None)

@@ -23,13 +23,14 @@ class RouterCapabilities:
     # so the canary's pods only need capacity for it. False: requests spread over ready
     # pods (one Service over both tracks), so the share IS the ratio of ready pods.
     exact_weights: bool
-    # Whether the router can copy requests to the canary without serving its answers.
-    # No router can yet (the replicas router never will without a mesh).
+    # Whether the router can copy requests to the canary without serving its answers
+    # (shadow traffic, a mirror step). The gatewayAPI router can (an HTTPRoute
+    # RequestMirror filter); the replicas router never will without a mesh.
     supports_mirror: bool
 
 
 REPLICAS_ROUTER = RouterCapabilities("replicas", exact_weights=False, supports_mirror=False)
-GATEWAY_API_ROUTER = RouterCapabilities("gatewayAPI", exact_weights=True, supports_mirror=False)
+GATEWAY_API_ROUTER = RouterCapabilities("gatewayAPI", exact_weights=True, supports_mirror=True)
 ROUTER_CAPABILITIES = {router.name: router for router in (REPLICAS_ROUTER, GATEWAY_API_ROUTER)}
 
 
@@ -47,3 +48,19 @@ def capabilities_of(spec: ModelDeploymentSpec) -> RouterCapabilities | None:
     router (the Service switches from one revision to the other whole)."""
     canary = spec.strategy.canary
     return None if canary is None else ROUTER_CAPABILITIES[router_key(canary.traffic_routing)]
+
+
+def mirror_refusals(spec: ModelDeploymentSpec) -> list[str]:
+    """``<field>: <problem>`` for each mirror step the spec's router cannot carry out."""
+    router = capabilities_of(spec)
+    canary = spec.strategy.canary
+    if router is None or canary is None or router.supports_mirror:
+        return []
+    capable = [r.name for r in ROUTER_CAPABILITIES.values() if r.supports_mirror]
+    return [
+        f"spec.strategy.canary.steps[{index}].mirror: the {router.name} router cannot copy "
+        f"requests (a Service sends each request to one pod, and its answer to the user): "
+        f"use trafficRouting {' or '.join(capable) or '(none can yet)'}, or remove the step"
+        for index, step in enumerate(canary.steps)
+        if step.mirror is not None
+    ]

@@ -7,10 +7,16 @@ status.currentStep indexes this list (not spec.strategy.canary.steps alone):
   one implied ``full`` step at 100% (as Argo Rollouts goes to 100% after the last
   step): once the canary is ready at 100% the bake starts.
 - Blue-green: ``preview`` (green at full size beside blue, the preview Service on
-  green, no traffic), ``analysis`` (only with prePromotionAnalysis), ``await``
+  green, no traffic), ``evaluation`` (only with prePromotionEvaluation), ``analysis``
+  (only with prePromotionAnalysis), ``await``
   (autoPromotionSeconds after the previous step, or until `modeldeploy promote`
   when unset), then ``full``: the Service switches to green; blue stays at full size
   for rollback.bakeTime (the bake), then scales to 0.
+
+An ``evaluation`` or ``mirror`` step keeps the weight in force too. At weight 0 it still
+needs canary pods: the plan gives the canary one pod for an evaluation, and enough for the
+mirrored share of requests for a mirror (see the machine's ``plan``), none of them serving
+users.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from modeldeploy.spec import ModelDeploymentSpec, parse_duration
+from modeldeploy.spec import EvaluationStep, ModelDeploymentSpec, parse_duration
 
-StepKind = Literal["setWeight", "pause", "analysis", "preview", "await", "full"]
+StepKind = Literal[
+    "setWeight", "pause", "analysis", "evaluation", "mirror", "preview", "await", "full"
+]
 
 
 def format_duration(duration: timedelta) -> str:
@@ -43,16 +51,19 @@ class Step:
     measurements: int = 0
     metrics: tuple[str, ...] | None = None
     label: str = ""
+    evaluation: EvaluationStep | None = None
+    # A mirror step: the percent of requests copied to the canary.
+    mirror: int = 0
 
     @property
     def waits(self) -> bool:
-        """A pause or analysis: what a known-good rollout skips."""
-        return self.kind in ("pause", "analysis", "await")
+        """A pause, analysis, evaluation or mirror: what a known-good rollout skips."""
+        return self.kind in ("pause", "analysis", "await", "evaluation", "mirror")
 
     def describe(self) -> str:
         """The step's name in messages: "setWeight 10", "pause 1m", "analysis"."""
-        if self.kind == "analysis":
-            return "analysis"
+        if self.kind in ("analysis", "evaluation"):
+            return self.kind
         if self.kind == "await":
             return "await promotion"
         if self.kind == "preview":
@@ -67,6 +78,11 @@ class Step:
             return "pause" if self.duration is None else f"pause {format_duration(self.duration)}"
         if self.kind == "analysis":
             return f"analysis {self.measurements}/{self.measurements} passed"
+        if self.kind == "evaluation":
+            return "evaluation passed"
+        if self.kind == "mirror":
+            assert self.duration is not None
+            return f"mirror {self.mirror}% for {format_duration(self.duration)}"
         if self.kind == "preview":
             return "preview ready"
         if self.kind == "await":
@@ -81,6 +97,8 @@ def steps_of(spec: ModelDeploymentSpec) -> list[Step]:
     blue_green = spec.strategy.blue_green
     if blue_green is not None:
         steps = [Step("preview", 0)]
+        if blue_green.pre_promotion_evaluation is not None:
+            steps.append(Step("evaluation", 0, evaluation=blue_green.pre_promotion_evaluation))
         if blue_green.pre_promotion_analysis is not None:
             analysis = blue_green.pre_promotion_analysis
             metrics = tuple(analysis.metrics) if analysis.metrics is not None else None
@@ -110,5 +128,11 @@ def steps_of(spec: ModelDeploymentSpec) -> list[Step]:
                     metrics=tuple(names) if names is not None else None,
                 )
             )
+        elif spec_step.evaluation is not None:
+            steps.append(Step("evaluation", weight, evaluation=spec_step.evaluation))
+        elif spec_step.mirror is not None:
+            mirror = spec_step.mirror
+            steps.append(Step("mirror", weight, parse_duration(mirror.duration),
+                              mirror=mirror.percent))
     steps.append(Step("full", 100))
     return steps

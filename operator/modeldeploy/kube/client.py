@@ -343,6 +343,16 @@ class KubeClient:
         obj: Manifest = self._api.sanitize_for_serialization(answer)
         return obj
 
+    async def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's data (None: not found), read from the API server: an evaluation's
+        cases are the user's ConfigMap, not one of ours the cache holds."""
+        found = await self._read("ConfigMap", namespace, name)
+        return None if found is None else dict(found.get("data") or {})
+
+    async def read_service(self, namespace: str, name: str) -> Manifest | None:
+        """A Service with its status (the cache keeps neither status nor other fields)."""
+        return await self._read("Service", namespace, name)
+
     def get_service_selector(self, namespace: str, name: str) -> dict[str, str] | None:
         """The selector of the Service ``name`` that this ModelDeployment (``name``) controls."""
         service = self._ours("Service", namespace, name, name)

@@ -7,7 +7,9 @@ Naming (all in the ModelDeployment's namespace, all owned by it so deleting it d
   revision's pods (the pod ratio is the traffic split); with blue-green it selects the
   active revision only; with ``gatewayAPI`` it selects the stable revision (the HTTPRoute
   does the splitting over the per-track Services).
-- ``<name>-stable`` / ``<name>-canary``: per-track Services for the ``gatewayAPI`` router.
+- ``<name>-stable`` / ``<name>-canary``: per-track Services, each narrowed to one revision:
+  the ``gatewayAPI`` router's backends, and how an evaluation step reaches one revision
+  alone (any canary router; blue-green uses ``<name>`` and the preview Service).
 - ``<name>-preview``: blue-green's preview Service (or ``strategy.blueGreen.previewService``).
 - ``<name>-config-<revision>``: an immutable ConfigMap of ``spec.config``, given to the
   containers with ``envFrom``, so a feature-flag change is a new revision, canaried.
@@ -63,6 +65,11 @@ def deployment_name(md_name: str, revision: str) -> str:
 
 def configmap_name(md_name: str, revision: str) -> str:
     return f"{md_name}-config-{revision}"
+
+
+def track_service_names(md_name: str) -> tuple[str, str]:
+    """The per-track Services: stable's first."""
+    return f"{md_name}-stable", f"{md_name}-canary"
 
 
 def preview_service_name(md: s.ModelDeployment) -> str:

@@ -188,3 +188,31 @@ def test_example_applications_sync_paths_that_exist_here_with_self_heal() -> Non
     for app in apps:
         assert (REPO / app["spec"]["source"]["path"]).is_dir()
         assert app["spec"]["syncPolicy"]["automated"]["selfHeal"] is True
+
+
+def test_a_rollout_reverted_by_its_evaluation_says_so_with_the_score() -> None:
+    evaluation = {"revision": "abc", "verdict": "Fail", "passed": 30, "cases": 50, "score": 0.6}
+    health, message = assess(md(phase="RolledBack", message="evaluation of revision abc failed",
+                                evaluation=evaluation))
+    assert health == "Degraded"
+    assert message == "evaluation of revision abc failed; evaluation Fail: 30/50 passed (score 0.60)"
+
+
+def test_a_held_inconclusive_evaluation_is_suspended_and_a_passing_one_adds_nothing() -> None:
+    held = {"revision": "abc", "verdict": "Inconclusive", "passed": 0, "cases": 50}
+    health, message = assess(md(phase="Paused", message="step 1/4 evaluation: held",
+                                evaluation=held))
+    assert (health, message) == ("Suspended", "step 1/4 evaluation: held; evaluation "
+                                 "Inconclusive: 0/50 passed")
+    passed = {**held, "verdict": "Pass", "passed": 50, "score": 1.0}
+    assert assess(md(phase="Progressing", message="step 2/4", evaluation=passed)) == (
+        "Progressing", "step 2/4")
+
+
+def test_a_mirror_in_flight_shows_its_extra_upstream_cost() -> None:
+    mirror = {"revision": "abc", "percent": 50, "since": "2026-01-01T00:00:00Z", "costUsd": 0.0421}
+    health, message = assess(md(phase="Progressing", message="step 1/3 mirror",
+                                canaryRevision="abc", mirror=mirror))
+    assert (health, message) == ("Progressing", "step 1/3 mirror; mirror extra upstream cost $0.0421")
+    done = assess(md(phase="Succeeded", message="done", stableRevision="abc", mirror=mirror))
+    assert done == ("Healthy", "done")

@@ -13,6 +13,7 @@ Time only moves when a test says so.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +38,7 @@ from modeldeploy.engine import (
 )
 from modeldeploy.spec import (
     ControlRequest,
+    EvaluationStatus,
     MetricStatus,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
@@ -136,6 +138,8 @@ class FakeCluster:
     service_follows: bool = True
     # What the router last wrote (the route's backends, and which revision is which).
     route: SetTrafficWeight | None = None
+    # False: the route keeps the RequestMirror percent it has (its update lags).
+    mirror_follows: bool = True
     # A Gateway's reason for refusing the HTTPRoute (None: a Gateway accepts it).
     route_refused: str | None = None
     # How long a new pod takes to become ready (a GPU model server loading its weights);
@@ -156,7 +160,9 @@ class FakeCluster:
             elif isinstance(action, EnsureService) and self.service_follows:
                 self.service_selects = action.revision
             elif isinstance(action, SetTrafficWeight):
-                self.route = action
+                kept = self.route.mirror_percent if self.route is not None else 0
+                self.route = action if self.mirror_follows else dataclasses.replace(
+                    action, mirror_percent=kept)
 
     def _scale(self, revision: str, track: str, replicas: int) -> None:
         reason = self.broken.get(revision)
@@ -192,7 +198,9 @@ class FakeCluster:
             if self.route_refused is not None:
                 return Unverified(self.route_refused, refused=True)
             canary_weight = self.route.weight if self.route.canary_revision else 0
-            return ServedSplit(canary=canary_weight, stable=100 - canary_weight)
+            # The route's RequestMirror filter, as the router wrote it.
+            return ServedSplit(canary=canary_weight, stable=100 - canary_weight,
+                               mirror=self.route.mirror_percent)
         return ServedSplit(
             canary=self._behind_service(self.route.canary_revision),
             stable=self._behind_service(self.route.stable_revision),
@@ -206,7 +214,8 @@ class FakeCluster:
         )
 
     def observe(
-        self, now: datetime, generation: int, analysis: AnalysisReport | None
+        self, now: datetime, generation: int, analysis: AnalysisReport | None,
+        evaluation: EvaluationStatus | None = None,
     ) -> Observation:
         self.clock = now
         for revision, deployment in list(self.deployments.items()):
@@ -218,6 +227,7 @@ class FakeCluster:
             deployments=dict(self.deployments),
             served=self.served(),
             analysis=analysis,
+            evaluation=evaluation,
         )
 
 
@@ -242,13 +252,14 @@ class World:
         *,
         control: str | None = None,
         analysis: AnalysisReport | None = None,
+        evaluation: EvaluationStatus | None = None,
     ) -> Decision:
         self.now += after
         if control is not None:
             self.status.control = ControlRequest.model_validate(
                 {"action": control, "requestedAt": "2026-01-01T12:00:00Z"}
             )
-        observation = self.cluster.observe(self.now, self.generation, analysis)
+        observation = self.cluster.observe(self.now, self.generation, analysis, evaluation)
         decision = reconcile(self.spec, self.status, observation, NAME)
         self.cluster.apply(decision.actions)
         self.status = decision.status
