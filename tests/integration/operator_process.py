@@ -55,6 +55,9 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "MODELDEPLOY_METRICS_PORT": str(self.metrics_port),
+            # The operator runs outside the sandbox's "cluster": evaluation steps reach
+            # Services by the address the sandbox publishes in their status.
+            "MODELDEPLOY_SERVICE_ADDRESSES": "loadBalancerStatus",
             **self.extra_env,
         }
         log = self.log_path.open("wb")

@@ -76,14 +76,16 @@ ClusterRole (cluster-wide mode) and each Role (namespaced mode), so the two mode
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, patch, delete]
-# The Services traffic goes through: created, patched back when they drift.
+# The Services traffic goes through: created, patched back when they drift; read (get) for
+# the address an evaluation step calls when MODELDEPLOY_SERVICE_ADDRESSES=loadBalancerStatus.
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, watch, create, patch]
-# One immutable ConfigMap per revision's config: created, deleted with its revision.
+  verbs: [get, list, watch, create, patch]
+# One immutable ConfigMap per revision's config: created, deleted with its revision; and the
+# case sets of evaluation steps (the user's ConfigMaps), read (get) when an evaluation runs.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [list, watch, create, delete]
+  verbs: [get, list, watch, create, delete]
 # Pod readiness of each track, and relabelling a promoted track's pods.
 - apiGroups: [""]
   resources: [pods]
