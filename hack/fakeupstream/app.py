@@ -10,7 +10,10 @@ Answers are deterministic functions of the request:
   ``json_schema`` and the system message mentions both "song" and "score"
   (case-insensitive), the content is the JSON song-analyzer expects:
   ``{"score": 0-100, "verdict": str, "references": [str]}``, the score a hash of the user
-  message. Any other JSON request gets ``{"model": ..., "echo": <last user text>}``.
+  message only (:func:`song_score`), never of the model: it is the song's "true" score, so
+  every correctly fine-tuned songs model (``...:songs:v1``, ``v2``...) agrees, and an
+  evaluation set labelled by one model (``examples/evaluation/song-analyzer.yaml``) holds
+  for the next. Any other JSON request gets ``{"model": ..., "echo": <last user text>}``.
 - image generations: ``dall-e-*`` models answer ``url`` unless ``response_format`` is
   ``b64_json`` and add ``revised_prompt`` (dall-e-3); other models (gpt-image-1) always
   answer ``b64_json`` (a 1x1 PNG) with token ``usage`` by quality.
@@ -23,6 +26,10 @@ is a 200 whose body is not a chat completion (:func:`malformed_body`: JSON cut m
 object without ``choices`` or with ``choices: []``, or a gateway's HTML error page as
 ``text/html``), answered as that body even to ``stream: true``. Both are counted ``malformed``
 and apply to chat completions only: an image request they hit is answered as usual.
+A ``score_offset`` N (not a rate: every song-score answer of the model) shifts the song-score
+answer's ``score`` by N, clamped to 0..100, its verdict following the shifted score: a
+fine-tune that answers 200 with valid JSON and wrong scores, which only an evaluation of the
+answers (not an error rate) catches.
 """
 
 from __future__ import annotations
@@ -96,9 +103,15 @@ def _digest(text: str) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
 
 
-def song_score(user_text: str, model: str) -> dict[str, Any]:
-    """The deterministic song-score answer for a user message."""
-    score = _digest(f"{model}\n{user_text}") % 101
+def true_song_score(user_text: str) -> int:
+    """The song's "true" score, 0-100: a hash of the user message alone (never the model's)."""
+    return _digest(user_text) % 101
+
+
+def song_score(user_text: str, *, score_offset: int = 0) -> dict[str, Any]:
+    """The deterministic song-score answer for a user message: its :func:`true_song_score`,
+    shifted by ``score_offset`` (the fault of that name) and clamped to 0..100."""
+    score = min(100, max(0, true_song_score(user_text) + score_offset))
     if score >= 80:
         verdict = "strong: vivid, original imagery and a memorable hook"
     elif score >= 50:
@@ -228,7 +241,7 @@ def build_app(settings: FakeUpstreamSettings) -> FastAPI:
         if action == "malformed":
             content = MALFORMED_CONTENT
         elif wants_json and "song" in system_text and "score" in system_text:
-            content = json.dumps(song_score(user_text, model))
+            content = json.dumps(song_score(user_text, score_offset=decision.fault.score_offset))
         elif wants_json:
             content = json.dumps({"model": model, "echo": user_text})
         else:

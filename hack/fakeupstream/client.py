@@ -48,12 +48,15 @@ class FakeUpstreamClient:
         status_code: int = 500,
         hang_s: float | None = None,
         retry_after_s: int | None = None,
+        score_offset: int = 0,
     ) -> dict[str, Any]:
         """Replace ``model``'s fault (``*`` for every model without its own); restarts its count.
 
         ``latency_jitter`` j spreads each delay over ``latency_s`` x [1 - j, 1 + j].
         ``malformed_rate`` garbles the content of a valid completion; ``malformed_body_rate``
         answers 200 with a body that is not a chat completion (see :mod:`fakeupstream.faults`).
+        ``score_offset`` N shifts every song-score answer's ``score`` by N, clamped to 0..100
+        (valid JSON, wrong scores: a regressed fine-tune).
         """
         fault: dict[str, Any] = {
             "latency_s": latency_s,
@@ -63,6 +66,7 @@ class FakeUpstreamClient:
             "malformed_rate": malformed_rate,
             "malformed_body_rate": malformed_body_rate,
             "status_code": status_code,
+            "score_offset": score_offset,
         }
         if hang_s is not None:
             fault["hang_s"] = hang_s

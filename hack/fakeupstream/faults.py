@@ -20,6 +20,11 @@ its shape taking each of :data:`MALFORMED_BODIES` in turn (the k-th malformed bo
 since its fault was set is ``MALFORMED_BODIES[(k - 1) % 4]``): JSON cut mid-object, a JSON
 object without ``choices``, one with ``choices: []``, and a gateway's HTML error page.
 
+``score_offset`` N is not a rate: every song-score answer of the model (the song-score
+convention of :mod:`fakeupstream.app`) has its ``score`` shifted by N and clamped to 0..100,
+a valid 200 with wrong scores (a fine-tune that regressed). The request is otherwise answered
+as usual and counted ``success``; when a rate hits it, that fault is answered instead.
+
 The fault for model ``*`` applies to every model that has none of its own.
 """
 
@@ -71,6 +76,12 @@ class Fault(BaseModel):
     )
     retry_after_s: int = Field(
         default=1, ge=0, le=86_400, description="Retry-After of injected 429 answers."
+    )
+    score_offset: int = Field(
+        default=0,
+        ge=-100,
+        le=100,
+        description="Added to every song-score answer's score (clamped to 0..100).",
     )
 
 

@@ -29,6 +29,23 @@ weighted round-robin (nginx's), so the split follows the weights exactly, again 
 within one request per backend; inside a backend, the Service's round-robin applies. A
 backend weight of 0 gets nothing.
 
+Mirroring (the rule's ``RequestMirror`` filters, as Envoy's request_mirror_policies): a
+request the rule forwards to a pod is answered as above, unchanged, and a copy of it
+goes to a ready pod of each mirror filter's ``backendRef`` Service, fire and forget. The
+share copied is the filter's ``percent`` (0-100), or its ``fraction`` (``numerator`` of
+``denominator``, default 100), or every request when it has neither; it is exact, not
+random: a per-filter accumulator copies exactly P of every 100 requests (numerator of
+every denominator), evenly spread (50%: the 2nd, 4th, ...). The copy starts as a
+background task once the request's body is read and is never awaited on the request
+path; its answer is read and thrown away, so a slow, hanging, failing or missing mirror
+backend never delays or changes the user's answer (which names the user's pod in
+``X-Sandbox-Pod``, never the mirror's). As Envoy does, the copy's Host gets ``-shadow``
+after the host name (``127.0.0.1-shadow:N``), and it carries
+``X-Sandbox-Mirrored: true`` (the copy only). At most 256 copies are in flight; beyond that, and when the
+mirror Service has no ready pod (or only pause pods), the copy is dropped and counted
+(``DataPlane.mirror_counts``). A mirror backendRef's Service counts for ``ResolvedRefs``
+like a backendRef's.
+
 Answers: 503 when no pod is ready (or a chosen backend has none, as Envoy's "no
 healthy upstream"), 500 for a backendRef naming no Service, 502 when the pod refuses
 the connection, 504 after 10 minutes (model services are slow). Every proxied answer
@@ -51,6 +68,7 @@ import contextlib
 import itertools
 import logging
 import socket
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +88,10 @@ GATEWAY_GROUP = "gateway.networking.k8s.io"
 HTTPROUTES = f"/apis/{GATEWAY_GROUP}/v1/httproutes"
 GATEWAYS = f"/apis/{GATEWAY_GROUP}/v1/gateways"
 POD_HEADER = "X-Sandbox-Pod"
+# Marks a mirrored copy (the copy only: the user's request and answer never carry it).
+MIRROR_HEADER = "X-Sandbox-Mirrored"
+# Mirrored copies in flight at most; a copy beyond that is dropped (and counted).
+MAX_MIRRORS_IN_FLIGHT = 256
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
     "transfer-encoding", "upgrade", "host", "content-length",
@@ -101,6 +123,76 @@ def path_matches(rule: JSON, path: str) -> bool:
     return False
 
 
+def request_mirrors(rule: JSON) -> list[tuple[int, JSON]]:
+    """The rule's RequestMirror filters: (index among its filters, the requestMirror)."""
+    return [
+        (index, f["requestMirror"])
+        for index, f in enumerate(rule.get("filters") or [])
+        if isinstance(f, dict) and f.get("type") == "RequestMirror"
+        and isinstance(f.get("requestMirror"), dict)
+    ]
+
+
+def mirror_fraction(mirror: JSON) -> tuple[int, int]:
+    """(numerator, denominator) of the requests a requestMirror copies: its ``percent``, else
+    its ``fraction`` (denominator 100 by default), else all of them (Gateway API v1.2).
+    A value that is no number (the real CRD would refuse it) copies nothing."""
+    try:
+        if mirror.get("percent") is not None:
+            return max(0, min(100, int(mirror["percent"]))), 100
+        fraction = mirror.get("fraction")
+        if isinstance(fraction, dict):
+            denominator = int(fraction.get("denominator", 100))
+            if denominator <= 0:
+                return 0, 1
+            return max(0, min(denominator, int(fraction.get("numerator", 0)))), denominator
+    except (TypeError, ValueError):
+        return 0, 1
+    return 1, 1
+
+
+def mirror_target(mirror: JSON, route_namespace: str) -> tuple[str, str] | None:
+    """(namespace, name) of the Service a requestMirror names; None for another kind."""
+    ref = mirror.get("backendRef") or {}
+    if (ref.get("group") or "") != "" or (ref.get("kind") or "Service") != "Service":
+        return None
+    return ref.get("namespace") or route_namespace, str(ref.get("name", ""))
+
+
+def shadow_host(host: str) -> str:
+    """Envoy's authority for a shadow request: ``-shadow`` after the host name, before a port."""
+    name, colon, port = host.rpartition(":")
+    if colon and name and port.isdigit():
+        return f"{name}-shadow:{port}"
+    return f"{host}-shadow"
+
+
+def mirror_headers(headers: dict[str, str], host: str) -> dict[str, str]:
+    """The copy's headers: the user's (end-to-end ones, as forwarded), its Host shadowed,
+    and the mark of a copy."""
+    copied = {k: v for k, v in headers.items()
+              if k.lower() not in HOP_BY_HOP and k.lower() != MIRROR_HEADER.lower()}
+    return {**copied, "Host": shadow_host(host), MIRROR_HEADER: "true"}
+
+
+class MirrorSampler:
+    """Which requests a mirror copies: exactly ``numerator`` of every ``denominator``,
+    evenly spread (an accumulator, so no randomness); a new fraction starts afresh."""
+
+    def __init__(self) -> None:
+        self.fraction = (0, 1)
+        self.credit = 0
+
+    def take(self, numerator: int, denominator: int) -> bool:
+        if (numerator, denominator) != self.fraction:
+            self.fraction, self.credit = (numerator, denominator), 0
+        self.credit += numerator
+        if self.credit >= denominator:
+            self.credit -= denominator
+            return True
+        return False
+
+
 class SmoothWeighted:
     """nginx's smooth weighted round-robin: exact proportions, evenly interleaved."""
 
@@ -128,6 +220,8 @@ class Listener:
     uid: str
     counters: dict[str, itertools.count[int]] = field(default_factory=dict)
     weighted: dict[int, SmoothWeighted] = field(default_factory=dict)
+    # By (rule index, filter index): which requests that RequestMirror filter copies.
+    mirrors: dict[tuple[int, int], MirrorSampler] = field(default_factory=dict)
 
 
 class DataPlane:
@@ -160,6 +254,11 @@ class DataPlane:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._round_robin: dict[tuple[str, str], itertools.count[int]] = {}
+        # Mirrored copies in flight (held here so they are not garbage-collected).
+        self._mirror_tasks: set[asyncio.Task[None]] = set()
+        # started, answered, failed, dropped (too many in flight), no_pod (none ready).
+        self.mirror_counts: Counter[str] = Counter()
+        self._mirrors_full = False
 
     def _mark(self, dirty: set[tuple[str, str]], key: tuple[str, str]) -> None:
         dirty.add(key)
@@ -197,6 +296,9 @@ class DataPlane:
                 await self._task
         for informer in (self.services, self.pods, self.routes, self.gateways):
             await informer.stop()
+        for task in list(self._mirror_tasks):
+            task.cancel()
+        await asyncio.gather(*self._mirror_tasks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()  # every site, and their open connections
         if self._session is not None:
@@ -317,10 +419,13 @@ class DataPlane:
         return None
 
     def missing_backends(self, route: JSON) -> list[str]:
+        """The Services that backendRefs and RequestMirror filters name but do not exist."""
         namespace = route["metadata"]["namespace"]
         missing = []
         for rule in route.get("spec", {}).get("rules") or []:
-            for ref in rule.get("backendRefs") or []:
+            refs = [*(rule.get("backendRefs") or []),
+                    *((mirror.get("backendRef") or {}) for _, mirror in request_mirrors(rule))]
+            for ref in refs:
                 key = (ref.get("namespace") or namespace, ref.get("name", ""))
                 if ref.get("kind", "Service") == "Service" and self.services.get(*key) is None:
                     missing.append(f"Service {key[0]}/{key[1]} not found")
@@ -407,8 +512,61 @@ class DataPlane:
             pod = self.pick_pod(namespace, name)
             if pod is None:
                 return error_response(503, f"no healthy upstream: no ready pods behind {chosen}")
+            mirrors = []
+            for filter_index, mirror in request_mirrors(rule):
+                sampler = listener.mirrors.setdefault((index, filter_index), MirrorSampler())
+                target = mirror_target(mirror, key[0])
+                if sampler.take(*mirror_fraction(mirror)) and target is not None:
+                    mirrors.append(target)
+            if mirrors:
+                body = await request.read()  # kept by the request: _proxy reads it again
+                for target in mirrors:
+                    self._start_mirror(request, body, target)
             return await self._proxy(request, pod)
         return error_response(404, "no HTTPRoute rule matches this path")
+
+    def _start_mirror(self, request: web.Request, body: bytes, target: tuple[str, str]) -> None:
+        """Send a copy of the request to a ready pod of ``target`` in the background."""
+        if len(self._mirror_tasks) >= MAX_MIRRORS_IN_FLIGHT:
+            self.mirror_counts["dropped"] += 1
+            if not self._mirrors_full:
+                self._mirrors_full = True
+                log.warning("%d mirrored requests in flight: dropping copies until one ends",
+                            MAX_MIRRORS_IN_FLIGHT)
+            return
+        pod = self.pick_pod(*target)
+        port = None if pod is None else (pod["metadata"].get("annotations") or {}).get(PORT_ANNOTATION)
+        if pod is None or port is None:  # none ready, or a pause pod: nothing would answer
+            self.mirror_counts["no_pod"] += 1
+            return
+        url = f"http://127.0.0.1:{port}{request.rel_url}"
+        headers = mirror_headers(dict(request.headers), request.host)
+        task = asyncio.create_task(
+            self._mirror(request.method, url, headers, body, f"{target[0]}/{target[1]}"),
+            name=f"mirror to {target[0]}/{target[1]}",
+        )
+        self.mirror_counts["started"] += 1
+        self._mirror_tasks.add(task)
+        task.add_done_callback(self._mirror_done)
+
+    def _mirror_done(self, task: asyncio.Task[None]) -> None:
+        self._mirror_tasks.discard(task)
+        self._mirrors_full = False
+
+    async def _mirror(self, method: str, url: str, headers: dict[str, str], body: bytes,
+                      service: str) -> None:
+        """One mirrored copy: its answer is read and thrown away, whatever it is."""
+        assert self._session is not None
+        try:
+            async with self._session.request(
+                method, url, headers=headers, data=body or None, allow_redirects=False
+            ) as upstream:
+                async for _chunk in upstream.content.iter_any():
+                    pass
+            self.mirror_counts["answered"] += 1
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as err:
+            self.mirror_counts["failed"] += 1
+            log.debug("mirrored request to %s failed: %s", service, err)
 
     async def _proxy(self, request: web.Request, pod: JSON) -> web.StreamResponse:
         assert self._session is not None

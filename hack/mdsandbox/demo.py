@@ -192,6 +192,8 @@ class OperatorProcess:
         env = {
             **tool_env(self.kubeconfig),
             "MODELDEPLOY_METRICS_PORT": str(free_port()),
+            # Outside the sandbox's "cluster": Services by the address their status publishes.
+            "MODELDEPLOY_SERVICE_ADDRESSES": "loadBalancerStatus",
         }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:

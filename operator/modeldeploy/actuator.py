@@ -97,6 +97,8 @@ def describe(md: s.ModelDeployment, action: engine.Action) -> str:
             return f"creating or updating Service {name}"
         case engine.EnsurePreviewService():
             return f"creating or updating Service {objects.preview_service_name(md)}"
+        case engine.EnsureTrackServices():
+            return f"creating or updating Services {name}-stable and {name}-canary"
         case engine.SetTrafficWeight(weight=weight):
             return f"setting the canary's traffic weight to {weight}%"
         case _:
@@ -122,7 +124,15 @@ async def _apply(kube: KubeClient, md: s.ModelDeployment, action: engine.Action)
             await kube.apply(objects.service(md, name, revision))
         case engine.EnsurePreviewService(revision=revision):
             await kube.apply(objects.service(md, objects.preview_service_name(md), revision))
-        case engine.SetTrafficWeight(stable_revision=stable, canary_revision=canary, weight=w):
-            await router_for(md, kube).set_weight(md, stable, canary, w)
+        case engine.EnsureTrackServices(stable_revision=stable, canary_revision=canary):
+            # Per-track Services select by revision: a revision keeps the track label it was
+            # born with on its pod template, so selecting by track would be wrong after promotion.
+            stable_service, canary_service = objects.track_service_names(name)
+            await kube.apply(objects.service(md, stable_service, revision=stable))
+            await kube.apply(objects.service(md, canary_service, revision=canary or stable))
+        case engine.SetTrafficWeight(
+            stable_revision=stable, canary_revision=canary, weight=w, mirror_percent=mirror
+        ):
+            await router_for(md, kube).set_weight(md, stable, canary, w, mirror_percent=mirror)
         case engine.EmitEvent():
             pass  # posted after the status write, so a lost write posts nothing

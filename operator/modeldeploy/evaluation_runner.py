@@ -144,25 +144,34 @@ class EvaluationRunner:
         except (ev.CaseError, NoAddress) as problem:
             return ev.not_run(step, str(problem), revision=request.revision, index=request.step,
                               step_started_at=request.step_started_at, finished_at=_now())
-        slots = asyncio.Semaphore(step.concurrency)
-
-        async def one(case: ev.Case) -> tuple[ev.Answer, ev.Answer | None]:
-            async with slots:
-                calls = [self._send(canary_url, step, case, request.revision)]
-                if stable_url is not None:
-                    calls.append(self._send(stable_url, step, case, request.revision))
-                answers = await asyncio.gather(*calls)
-                return answers[0], answers[1] if len(answers) > 1 else None
-
-        pairs = await asyncio.gather(*(one(case) for case in cases))
-        canary = [pair[0] for pair in pairs]
-        stable = [pair[1] for pair in pairs if pair[1] is not None] if stable_url else None
+        canary, stable = await self.send_cases(step, cases, request.revision, canary_url, stable_url)
         result = ev.judge(step, cases, canary, stable, schema, revision=request.revision,
                           index=request.step, step_started_at=request.step_started_at,
                           finished_at=_now())
         log.info("%s/%s: evaluation of %s: %s", md.metadata.namespace, md.metadata.name,
                  request.revision, result.message)
         return result
+
+    async def send_cases(
+        self, step: s.EvaluationStep, cases: list[ev.Case], revision: str, canary_url: str,
+        stable_url: str | None,
+    ) -> tuple[list[ev.Answer], list[ev.Answer] | None]:
+        """Each case's answer from the canary (and stable, at the same time, when
+        ``stable_url``), at most ``step.concurrency`` cases in flight."""
+        slots = asyncio.Semaphore(step.concurrency)
+
+        async def one(case: ev.Case) -> tuple[ev.Answer, ev.Answer | None]:
+            async with slots:
+                calls = [self._send(canary_url, step, case, revision)]
+                if stable_url is not None:
+                    calls.append(self._send(stable_url, step, case, revision))
+                answers = await asyncio.gather(*calls)
+                return answers[0], answers[1] if len(answers) > 1 else None
+
+        pairs = await asyncio.gather(*(one(case) for case in cases))
+        canary = [pair[0] for pair in pairs]
+        stable = [pair[1] for pair in pairs if pair[1] is not None] if stable_url else None
+        return canary, stable
 
     async def _case_set(
         self, md: s.ModelDeployment, step: s.EvaluationStep

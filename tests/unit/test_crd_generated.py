@@ -42,8 +42,12 @@ def test_crd_names_and_columns_match_the_design() -> None:
     version = doc["spec"]["versions"][0]
     assert version["name"] == "v1alpha1"
     assert version["subresources"] == {"status": {}}
-    columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Weight", "Stable", "Canary", "Age", "Message"]
+    columns = version["additionalPrinterColumns"]
+    # `kubectl get md` shows the first six; `-o wide` adds the last evaluation's verdict and score.
+    assert [c["name"] for c in columns if not c.get("priority")] == [
+        "Phase", "Weight", "Stable", "Canary", "Age", "Message"]
+    assert [(c["name"], c["jsonPath"]) for c in columns if c.get("priority") == 1] == [
+        ("Evaluation", ".status.evaluation.verdict"), ("Score", ".status.evaluation.score")]
 
 
 def _walk(node: object, path: str = "") -> list[tuple[str, dict[str, object]]]:

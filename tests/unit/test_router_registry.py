@@ -47,18 +47,20 @@ def test_every_router_the_spec_can_name_has_a_class_and_capabilities() -> None:
 
 
 @pytest.mark.parametrize(
-    ("routing", "router_class", "exact_weights"),
+    ("routing", "router_class", "exact_weights", "supports_mirror"),
     [
-        ({"replicas": {}}, ReplicasRouter, False),
-        ({"gatewayAPI": {"httpRoute": "song-analyzer"}}, GatewayAPIRouter, True),
+        ({"replicas": {}}, ReplicasRouter, False, False),
+        ({"gatewayAPI": {"httpRoute": "song-analyzer"}}, GatewayAPIRouter, True, True),
     ],
     ids=[
-        "replicas: requests spread over ready pods, so the weight is the pods' ratio",
-        "gatewayAPI: the HTTPRoute's weights are exact, so canary pods are only capacity",
+        "replicas: requests spread over ready pods, so the weight is the pods' ratio; no mirror",
+        "gatewayAPI: the HTTPRoute's weights are exact, so canary pods are only capacity; "
+        "it mirrors with a RequestMirror filter",
     ],
 )
 def test_the_shell_and_the_engine_pick_the_same_router_for_a_spec(
-    routing: dict[str, Any], router_class: type[TrafficRouter], exact_weights: bool
+    routing: dict[str, Any], router_class: type[TrafficRouter], exact_weights: bool,
+    supports_mirror: bool,
 ) -> None:
     md = model_deployment({"canary": {"trafficRouting": routing}})
     router = router_for(md, kube())
@@ -66,7 +68,7 @@ def test_the_shell_and_the_engine_pick_the_same_router_for_a_spec(
     assert type(router) is router_class
     assert planned_by is router_class.capabilities
     assert planned_by.exact_weights is exact_weights
-    assert planned_by.supports_mirror is False  # no router can mirror yet
+    assert planned_by.supports_mirror is supports_mirror
 
 
 def test_blue_green_is_planned_with_no_router_and_its_service_read_as_replicas_reads_it() -> None:

@@ -5,7 +5,8 @@ adapters turn them into API calls. Every tick returns the whole desired state (n
 a diff), so applying a tick's actions twice is harmless and an operator restarted
 at any moment converges.
 
-Order within a decision: ConfigMap, Deployments, Services, traffic weight,
+Order within a decision: ConfigMap, Deployments, Services (the per-track ones before the
+weights that name them), traffic weight,
 deletions, events. The shell should apply them in that order (objects exist before
 traffic is sent to them; deletions come last).
 
@@ -83,6 +84,16 @@ class EnsurePreviewService:
 
 
 @dataclass(frozen=True)
+class EnsureTrackServices:
+    """The Services ``<name>-stable`` and ``<name>-canary`` exist, each selecting one
+    revision's pods: the gatewayAPI router's backends, and the way an evaluation reaches one
+    revision alone. ``canary_revision`` None: both select stable."""
+
+    stable_revision: str
+    canary_revision: str | None
+
+
+@dataclass(frozen=True)
 class SetTrafficWeight:
     """The router sends ``weight`` percent to canary, the rest to stable.
 
@@ -94,6 +105,9 @@ class SetTrafficWeight:
     stable_revision: str
     canary_revision: str | None
     weight: int
+    # The percent of requests also copied to canary, its answers thrown away (a mirror
+    # step; 0: none). Only for a router whose capabilities say supports_mirror.
+    mirror_percent: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,7 @@ Action = (
     | DeleteDeployment
     | EnsureService
     | EnsurePreviewService
+    | EnsureTrackServices
     | SetTrafficWeight
     | EmitEvent
 )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from modeldeploy.analysis.report import AnalysisReport
+from modeldeploy.spec import EvaluationStatus
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,15 @@ class ServedSplit:
     Service narrowed to one revision spreads over that revision's pods alone).
     gatewayAPI router: the backendRef weights of an HTTPRoute a Gateway accepted for its
     current generation.
+
+    ``mirror``: the percent of requests the data plane copies to the canary (answers
+    thrown away), as it has it: the percent of the gatewayAPI router's RequestMirror
+    filter; always 0 for the replicas router, which cannot mirror.
     """
 
     canary: int
     stable: int
+    mirror: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,3 +91,5 @@ class Observation:
     deployments: Mapping[str, DeploymentObservation] = field(default_factory=dict)
     served: Served | None = None
     analysis: AnalysisReport | None = None
+    # An evaluation that finished since the last tick (see engine.evaluation_request).
+    evaluation: EvaluationStatus | None = None

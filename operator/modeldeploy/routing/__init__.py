@@ -3,7 +3,9 @@
 A router sets a weight and then says what the data plane really serves, in its own
 terms (ready pods per track, or the weights of a route a Gateway accepted), as Argo
 Rollouts' TrafficRoutingReconciler verifies: the engine compares that with its plan in
-the same terms and moves on only once the two agree.
+the same terms and moves on only once the two agree. A router that can mirror (copy a
+share of the requests to the canary, its answers thrown away) sets and reports that
+share too (``ServedSplit.mirror``).
 
 The engine must not import this package, yet plans by what a router can do (are its
 weights exact? can it mirror?). So a router's name and capabilities are plain data in
@@ -31,9 +33,13 @@ class TrafficRouter(Protocol):
     def __init__(self, kube: KubeClient) -> None: ...
 
     async def set_weight(
-        self, md: s.ModelDeployment, stable: str, canary: str | None, weight: int
+        self, md: s.ModelDeployment, stable: str, canary: str | None, weight: int,
+        *, mirror_percent: int = 0,
     ) -> None:
-        """Send ``weight`` percent of requests to ``canary``, the rest to ``stable``."""
+        """Send ``weight`` percent of requests to ``canary``, the rest to ``stable``, and
+        copy ``mirror_percent`` percent of them to ``canary`` besides, its answers thrown
+        away (shadow traffic). Only a router whose capabilities say ``supports_mirror``
+        mirrors; the engine refuses a mirror step for any other, which ignores it."""
 
     async def served(self, md: s.ModelDeployment, stable: str, canary: str | None) -> Served:
         """What the data plane serves now (see ``ServedSplit``), or why that cannot be told."""

@@ -1,7 +1,8 @@
 """Split traffic with a Gateway API HTTPRoute: exact weights, whatever the pod counts.
 
 The operator owns two Services, ``<name>-stable`` and ``<name>-canary``, each narrowed to
-one revision, and sets them as backendRefs in every rule of the named HTTPRoute. A
+one revision (the engine's EnsureTrackServices keeps them), and sets them as backendRefs in
+every rule of the named HTTPRoute. A
 missing route is created, owned by the ModelDeployment, with no parentRefs for the user
 to attach. A route the user made is steered, not taken over:
 
@@ -14,12 +15,24 @@ to attach. A route the user made is steered, not taken over:
   route that another ModelDeployment of the namespace steers is never written: that is
   reported as a conflict (condition ObjectConflict), as for any object not ours.
 
+Shadow traffic (a mirror step): besides the backendRefs, every rule gets exactly one
+``RequestMirror`` filter of ours, to the ``<name>-canary`` Service with ``percent: P``:
+the Gateway sends a copy of P% of the rule's requests to the canary and throws the
+copies' answers away, so the canary is measured on real traffic while users are served
+by the backendRefs alone. With P 0 our filter is removed (so is it while there is no
+canary: the canary Service then selects stable). The user's filters, a RequestMirror
+to another backend among them, are never touched; a RequestMirror to ``<name>-canary``
+is taken for ours.
+
 What the data plane serves is not what was written: the route's weights count only once
 a Gateway accepted the route as it is now, i.e. a ``status.parents`` entry for one of
 its parentRefs has ``Accepted`` and ``ResolvedRefs`` True with ``observedGeneration``
 equal to the route's ``metadata.generation`` (the Gateway API's own contract). A route
 that every parent refuses (or that has no parentRefs) is reported as refused, with the
-parent's reason; one whose status lags its generation is still being looked at.
+parent's reason; one whose status lags its generation is still being looked at. The
+mirrored percent served is our filter's, read the same way (0 without one); rules that
+disagree on it, like rules that disagree on the weights, are not a split the data plane
+serves, so they are reported as unverified.
 """
 
 from __future__ import annotations
@@ -48,15 +61,16 @@ def route_name(md: s.ModelDeployment) -> str:
 
 def backend_refs(md: s.ModelDeployment, weight: int) -> list[dict[str, Any]]:
     port = md.spec.service.port
+    stable, canary = our_services(md.metadata.name)
     return [
-        {"name": f"{md.metadata.name}-stable", "port": port, "weight": 100 - weight},
-        {"name": f"{md.metadata.name}-canary", "port": port, "weight": weight},
+        {"name": stable, "port": port, "weight": 100 - weight},
+        {"name": canary, "port": port, "weight": weight},
     ]
 
 
-def our_services(md_name: str) -> tuple[str, str]:
-    """The two Services the route's backendRefs name: stable first."""
-    return f"{md_name}-stable", f"{md_name}-canary"
+# The two Services the route's backendRefs name, stable first: the engine keeps them
+# (EnsureTrackServices, applied before the weights that name them).
+our_services = objects.track_service_names
 
 
 def is_ours(ref: dict[str, Any], md_name: str) -> bool:
@@ -64,10 +78,53 @@ def is_ours(ref: dict[str, Any], md_name: str) -> bool:
         and ref.get("name") in our_services(md_name)
 
 
+def mirror_filter(md: s.ModelDeployment, percent: int) -> dict[str, Any]:
+    """Our RequestMirror filter: ``percent`` of a rule's requests copied to the canary."""
+    return {
+        "type": "RequestMirror",
+        "requestMirror": {
+            "backendRef": {"name": our_services(md.metadata.name)[1], "port": md.spec.service.port},
+            "percent": percent,
+        },
+    }
+
+
+def is_our_mirror(rule_filter: dict[str, Any], md_name: str, namespace: str) -> bool:
+    """A RequestMirror filter to our canary Service (any other filter is the user's)."""
+    if rule_filter.get("type") != "RequestMirror":
+        return False
+    ref = (rule_filter.get("requestMirror") or {}).get("backendRef") or {}
+    return (ref.get("kind") or "Service") == "Service" and not ref.get("group") \
+        and ref.get("name") == our_services(md_name)[1] \
+        and (ref.get("namespace") or namespace) == namespace
+
+
+def mirrored_percent(rule_filter: dict[str, Any]) -> int | str:
+    """The percent of requests a RequestMirror filter copies, as the Gateway API reads it
+    (``percent``, else ``fraction``, else all); a string says why it is no whole percent."""
+    mirror = rule_filter.get("requestMirror") or {}
+    try:
+        if mirror.get("percent") is not None:
+            return int(mirror["percent"])
+        fraction = mirror.get("fraction")
+        if fraction is None:
+            return 100
+        numerator = int(fraction.get("numerator", 0))
+        denominator = int(fraction.get("denominator", 100))
+    except (AttributeError, TypeError, ValueError):
+        return f"{server_text(mirror)[:80]}, not a number"
+    if denominator <= 0 or (numerator * 100) % denominator:
+        return f"a fraction {numerator}/{denominator}, not a whole percent"
+    return numerator * 100 // denominator
+
+
 def route_weights(route: dict[str, Any], md_name: str) -> ServedSplit | Unverified:
-    """The canary and stable backendRef weights, the same in every rule (as they are set)."""
-    name = route["metadata"]["name"]
+    """The canary and stable backendRef weights and the percent our RequestMirror filter
+    copies to the canary, the same in every rule (as they are set)."""
+    name, namespace = route["metadata"]["name"], route["metadata"].get("namespace") or ""
+    canary_service = our_services(md_name)[1]
     splits: set[tuple[int, int]] = set()
+    mirrors: set[int] = set()
     for rule in (route.get("spec") or {}).get("rules") or []:
         refs = rule.get("backendRefs") or []
         others = [f"{ref.get('kind') or 'Service'} {ref.get('name')} (weight {ref.get('weight', 1)})"
@@ -78,11 +135,23 @@ def route_weights(route: dict[str, Any], md_name: str) -> ServedSplit | Unverifi
                 f"share is not what was planned: remove that backendRef or set its weight to 0")
         weights = {ref.get("name"): int(ref.get("weight", 1)) for ref in refs if is_ours(ref, md_name)}
         splits.add((weights.get(f"{md_name}-canary", 0), weights.get(f"{md_name}-stable", 0)))
+        ours = [f for f in rule.get("filters") or [] if is_our_mirror(f, md_name, namespace)]
+        if len(ours) > 1:
+            return Unverified(f"HTTPRoute {name} to have one RequestMirror filter to "
+                              f"{canary_service} per rule, not {len(ours)}")
+        percent = mirrored_percent(ours[0]) if ours else 0
+        if isinstance(percent, str):
+            return Unverified(f"HTTPRoute {name}'s RequestMirror filter to {canary_service} to "
+                              f"copy a whole percent of requests (it copies {percent})")
+        mirrors.add(percent)
     if len(splits) != 1:
         return Unverified(f"HTTPRoute {name}'s rules to send the same weights to "
                           f"{md_name}-canary and {md_name}-stable")
+    if len(mirrors) != 1:
+        return Unverified(f"HTTPRoute {name}'s rules to mirror the same percent of requests to "
+                          f"{canary_service} (they mirror {', '.join(map(str, sorted(mirrors)))})")
     canary, stable = splits.pop()
-    return ServedSplit(canary=canary, stable=stable)
+    return ServedSplit(canary=canary, stable=stable, mirror=mirrors.pop())
 
 
 def server_text(text: object) -> str:
@@ -156,11 +225,20 @@ def acceptance(route: dict[str, Any]) -> Unverified | None:
     return Unverified("; ".join(refused), refused=True)
 
 
+def _says(have: Any, want: Any) -> bool:
+    """``have`` says what ``want`` does: the same, but for fields the server may add to an
+    object (defaults such as a backendRef's ``kind``)."""
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(_says(have.get(k), v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and len(have) == len(want) \
+            and all(_says(h, w) for h, w in zip(have, want, strict=True))
+    return bool(have == want)
+
+
 def _same_refs(have: list[dict[str, Any]], want: list[dict[str, Any]]) -> bool:
-    """The route's refs say what we would write (the server may add defaults such as kind)."""
-    return len(have) == len(want) and all(
-        all(h.get(k) == v for k, v in w.items()) for h, w in zip(have, want, strict=True)
-    )
+    """The route's refs (or filters) say what we would write."""
+    return _says(have, want)
 
 
 @register
@@ -171,16 +249,21 @@ class GatewayAPIRouter:
         self._kube = kube
 
     async def set_weight(
-        self, md: s.ModelDeployment, stable: str, canary: str | None, weight: int
+        self, md: s.ModelDeployment, stable: str, canary: str | None, weight: int,
+        *, mirror_percent: int = 0,
     ) -> None:
+        """Write ``weight`` and ``mirror_percent`` into every rule of the route (see the
+        module docstring); nothing when the route already says so."""
+        if not 0 <= mirror_percent <= 100:
+            raise ValueError(f"mirror_percent must be 0 to 100, not {mirror_percent}")
         name = md.metadata.name
-        # Per-track Services select by revision: a revision keeps the track label it was
-        # born with on its pod template, so selecting by track would be wrong after promotion.
-        await self._kube.apply(objects.service(md, f"{name}-stable", revision=stable))
-        await self._kube.apply(objects.service(md, f"{name}-canary", revision=canary or stable))
         namespace = md.metadata.namespace
         route = self._kube.get_http_route(namespace, route_name(md))
         refs = backend_refs(md, weight if canary else 0)
+        # Without a canary, the canary Service selects stable: copying to it would only
+        # double stable's load.
+        mirror = mirror_filter(md, mirror_percent) if canary and mirror_percent > 0 else None
+        mirrors = [mirror] if mirror else []
         if route is None:
             await self._kube.create_http_route(
                 {
@@ -192,7 +275,8 @@ class GatewayAPIRouter:
                         "labels": objects.common_labels(md),
                         "ownerReferences": [objects.owner_reference(md)],
                     },
-                    "spec": {"rules": [{"backendRefs": refs}]},
+                    "spec": {"rules": [{"backendRefs": refs,
+                                        **({"filters": mirrors} if mirrors else {})}]},
                 }
             )
             return
@@ -205,14 +289,25 @@ class GatewayAPIRouter:
         def ours(rule: dict[str, Any]) -> list[dict[str, Any]]:
             return [ref for ref in rule.get("backendRefs") or [] if is_ours(ref, name)]
 
+        def our_mirrors(rule: dict[str, Any]) -> list[dict[str, Any]]:
+            return [f for f in rule.get("filters") or [] if is_our_mirror(f, name, namespace)]
+
+        def steered(rule: dict[str, Any]) -> dict[str, Any]:
+            """The rule with our backendRefs and mirror filter, the user's kept in place."""
+            new = {**rule, "backendRefs": [
+                *(r for r in rule.get("backendRefs") or [] if not is_ours(r, name)), *refs]}
+            filters = [f for f in rule.get("filters") or [] if not is_our_mirror(f, name, namespace)]
+            if filters or mirrors:
+                new["filters"] = [*filters, *mirrors]
+            else:
+                new.pop("filters", None)
+            return new
+
         claimed = owned or annotations.get(STEERED_BY) == name
-        if claimed and all(_same_refs(ours(rule), refs) for rule in rules):
+        if claimed and all(_same_refs(ours(rule), refs) and _same_refs(our_mirrors(rule), mirrors)
+                           for rule in rules):
             return  # the route already says so: nothing to write
-        new_rules = [
-            {**rule, "backendRefs": [*(r for r in rule.get("backendRefs") or [] if not is_ours(r, name)),
-                                     *refs]}
-            for rule in rules
-        ]
+        new_rules = [steered(rule) for rule in rules]
         # A merge patch replaces lists whole, which is what we want for rules.
         patch: dict[str, Any] = {"spec": {"rules": new_rules}}
         if not claimed:
@@ -234,7 +329,8 @@ class GatewayAPIRouter:
                 fix="give this ModelDeployment its own route (gatewayAPI.httpRoute)")
 
     async def served(self, md: s.ModelDeployment, stable: str, canary: str | None) -> Served:
-        """The weights of the route when a Gateway accepted it as it is now."""
+        """The weights (and mirrored percent) of the route when a Gateway accepted it as it
+        is now."""
         route = self._kube.get_http_route(md.metadata.namespace, route_name(md))
         if route is None:
             return Unverified(f"HTTPRoute {route_name(md)} to be created")

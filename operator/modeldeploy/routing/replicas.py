@@ -3,7 +3,8 @@
 Setting a weight is the engine's scaling of the two Deployments; this router only
 reports the READY pods per track among those the Service selects, which is what the
 Service really spreads requests over. The engine compares those counts with the pod
-counts it planned: no percentage is rounded on either side.
+counts it planned: no percentage is rounded on either side. A Service never mirrors, so
+what it serves always has ``mirror`` 0.
 """
 
 from __future__ import annotations
@@ -36,12 +37,15 @@ class ReplicasRouter:
         self._kube = kube
 
     async def set_weight(
-        self, md: s.ModelDeployment, stable: str, canary: str | None, weight: int
+        self, md: s.ModelDeployment, stable: str, canary: str | None, weight: int,
+        *, mirror_percent: int = 0,
     ) -> None:
-        """Nothing to set: the engine's scaling of the two Deployments is the weight."""
+        """Nothing to set: the engine's scaling of the two Deployments is the weight. A
+        Service cannot copy requests, so ``mirror_percent`` is ignored (the engine refuses
+        a mirror step with this router)."""
 
     async def served(self, md: s.ModelDeployment, stable: str, canary: str | None) -> Served:
-        """The READY pods per track that the Service selects now."""
+        """The READY pods per track that the Service selects now (never mirroring)."""
         namespace, name = md.metadata.namespace, md.metadata.name
         selector = self._kube.get_service_selector(namespace, name)
         if selector is None:

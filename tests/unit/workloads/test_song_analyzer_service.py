@@ -54,7 +54,7 @@ def test_analysis_is_scored_by_the_model_then_cached(
     after = scrape(service.base_url)
 
     assert first.status_code == 200, first.text
-    expected_score = song_score(user_message("Nova", "Neon Rain", LYRICS.strip()), MODEL)["score"]
+    expected_score = song_score(user_message("Nova", "Neon Rain", LYRICS.strip()))["score"]
     assert first.json()["score"] == expected_score
     assert first.json()["model"] == MODEL and first.json()["cached"] is False
     assert first.json()["verdict"]
@@ -76,6 +76,11 @@ def test_analysis_is_scored_by_the_model_then_cached(
     expected_cost = cost_usd(MODEL, int(input_tokens), int(output_tokens))
     assert expected_cost is not None
     assert delta("model_cost_usd_total", model=MODEL) == pytest.approx(expected_cost)
+    # The same usage, per request, in the answer's headers; a cache hit cost nothing.
+    assert first.headers["X-Model-Tokens"] == str(int(input_tokens + output_tokens))
+    assert float(first.headers["X-Model-Cost-USD"]) == pytest.approx(expected_cost, abs=1e-12)
+    assert second.headers["X-Model-Tokens"] == "0"
+    assert second.headers["X-Model-Cost-USD"] == "0"
     assert after.value("model_info", model=MODEL, version="1.4.0") == 1
 
 

@@ -33,10 +33,19 @@ from modelkit.upstream import (
     upstream_deadline,
     upstream_message,
 )
+from modelkit.usage import (
+    COST_HEADER,
+    TOKENS_HEADER,
+    RequestUsage,
+    current_usage,
+    request_usage_var,
+)
 
 __all__ = [
+    "COST_HEADER",
     "DURATION_BUCKETS",
     "OTHER_MODEL",
+    "TOKENS_HEADER",
     "TOKEN_PRICES",
     "UPSTREAM_MESSAGES",
     "Check",
@@ -45,6 +54,7 @@ __all__ = [
     "ErrorType",
     "HealthCheck",
     "Outcome",
+    "RequestUsage",
     "ServiceError",
     "ServiceMetrics",
     "ServiceMiddleware",
@@ -54,6 +64,7 @@ __all__ = [
     "configure_logging",
     "cost_usd",
     "create_app",
+    "current_usage",
     "decode_json",
     "error_body",
     "invalid_request",
@@ -67,6 +78,7 @@ __all__ = [
     "redact",
     "request_id_var",
     "request_json",
+    "request_usage_var",
     "run",
     "serve",
     "service_error_from_openai",

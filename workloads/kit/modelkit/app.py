@@ -32,7 +32,13 @@ no ``BaseHTTPMiddleware``, so streaming and cancellation behave):
 7. a catch-all: an unexpected exception is logged with its traceback and answered 500
    ``server_error`` without one (the only error type outside DESIGN.md's six, as the
    OpenAI API itself does for its own bugs);
-8. timing and counting in ``model_requests_total``/``model_request_duration_seconds`` under
+8. the per-request usage headers (:mod:`modelkit.usage`): a fresh accumulator in a context
+   variable before the route runs; on an answer that is not streamed (one with a
+   ``Content-Length``), ``X-Model-Tokens`` (input + output tokens the request caused,
+   upstream or local) when tokens were recorded and ``X-Model-Cost-USD`` (a plain decimal)
+   when a cost was, summed over all that ``ServiceMetrics`` recorded during this request
+   (a cache hit: both ``0``); a streamed answer's headers go before its usage is known;
+9. timing and counting in ``model_requests_total``/``model_request_duration_seconds`` under
    the route template (``/items/{id}``, not the raw path; ``unmatched`` for unknown paths),
    and one JSON log line per request. /health, /metrics and the service's own
    ``uncounted_paths`` (a health alias, a stats page) are logged but never counted: they
@@ -68,6 +74,7 @@ from modelkit.logs import request_id_var
 from modelkit.metrics import ServiceMetrics
 from modelkit.ratelimit import ClientRateLimiter, client_of
 from modelkit.settings import ServiceSettings
+from modelkit.usage import RequestUsage, add_usage_headers, request_usage_var
 
 access_log = logging.getLogger("modelkit.access")
 log = logging.getLogger("modelkit.app")
@@ -124,8 +131,8 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 class ServiceMiddleware:
-    """Request id, auth, rate limit, admission, body limits, catch-all, timing and counting
-    (see module docstring)."""
+    """Request id, auth, rate limit, admission, body limits, catch-all, usage headers,
+    timing and counting (see module docstring)."""
 
     def __init__(
         self,
@@ -156,6 +163,9 @@ class ServiceMiddleware:
         headers = Headers(scope=scope)
         request_id = _sane_request_id(headers.get("x-request-id")) or uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        # A mutable accumulator: the route may run in a task (a copy of this context).
+        usage = RequestUsage()
+        usage_token = request_usage_var.set(usage)
         state: dict[str, Any] = scope.setdefault("state", {})
         response_status = 0
         response_complete = False
@@ -179,7 +189,9 @@ class ServiceMiddleware:
             nonlocal response_status, response_complete
             if message["type"] == "http.response.start":
                 response_status = int(message["status"])
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                response_headers = MutableHeaders(scope=message)
+                response_headers["X-Request-ID"] = request_id
+                add_usage_headers(response_headers, usage)
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 response_complete = True
             await send(message)
@@ -234,6 +246,7 @@ class ServiceMiddleware:
                 run_s = None if run_started is None else time.perf_counter() - run_started
                 limiter.finish(started=run_started is not None, run_s=run_s)
             self._record(scope, state, response_status, time.perf_counter() - started, request_id)
+            request_usage_var.reset(usage_token)
             request_id_var.reset(token)
 
     @staticmethod

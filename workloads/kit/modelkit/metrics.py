@@ -8,6 +8,11 @@ The ``model`` label takes only the models the app declared (``create_app``'s ``m
 ``metric_models``); any other model (chat-proxy forwards whatever model a caller names) is
 counted as ``other``, so callers cannot create series without bound. Its tokens are still
 priced by its real id.
+
+Whatever ``record_tokens``, ``record_usage``, ``record_cost`` and ``record_cache(hit=True)``
+count while a request is served is also added to that request's
+:class:`~modelkit.usage.RequestUsage`, which the kit's middleware answers as the
+``X-Model-Tokens`` and ``X-Model-Cost-USD`` headers (see :mod:`modelkit.usage`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from modelkit.upstream import (
     upstream_deadline,
     upstream_outcome,
 )
+from modelkit.usage import current_usage
 
 log = logging.getLogger("modelkit.metrics")
 
@@ -162,18 +168,36 @@ class ServiceMetrics:
         self.upstream_health.record(outcome)
 
     def record_cache(self, hit: bool) -> None:
+        """Count a cache lookup; a hit makes the request's usage headers 0 tokens, 0 USD
+        (an answer from the cache is known to cost nothing)."""
         self.cache_requests.labels(result="hit" if hit else "miss").inc()
+        if hit and (usage := current_usage()) is not None:
+            usage.add_tokens(0)
+            usage.add_cost(0.0)
 
     def record_cost(self, model: str, usd: float) -> None:
+        """Count money spent (0 is a known price of nothing: it shows in the request's
+        ``X-Model-Cost-USD`` as 0)."""
         if usd > 0:
             self._child(self.cost, self.model_label(model)).inc(usd)
+        if (usage := current_usage()) is not None:
+            usage.add_cost(usd)
 
-    def record_usage(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
-        """Count tokens and their cost by the price table; returns the cost (None if unpriced)."""
+    def record_tokens(self, model: str, input_tokens: int, output_tokens: int) -> None:
+        """Count tokens without pricing them (a local model, or a service with its own
+        prices, which then calls :meth:`record_cost`); negative counts count as 0."""
         input_tokens, output_tokens = max(0, input_tokens), max(0, output_tokens)
         label = self.model_label(model)
         self._child(self.tokens, label, "input").inc(input_tokens)
         self._child(self.tokens, label, "output").inc(output_tokens)
+        if (usage := current_usage()) is not None:
+            usage.add_tokens(input_tokens + output_tokens)
+
+    def record_usage(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
+        """Count tokens and their cost by the price table; returns the cost (None if unpriced)."""
+        input_tokens, output_tokens = max(0, input_tokens), max(0, output_tokens)
+        self.record_tokens(model, input_tokens, output_tokens)
+        label = self.model_label(model)
         usd = cost_usd(model, input_tokens, output_tokens, self.prices)
         if usd is None:
             # Warned once per label, so caller-chosen model ids cannot grow this set either.

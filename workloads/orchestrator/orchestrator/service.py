@@ -247,8 +247,9 @@ class Orchestrator:
         answer.input_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         answer.output_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         answer.cost_usd = spec.cost_usd(answer.input_tokens, answer.output_tokens)
-        self.metrics.tokens.labels(model=spec.id, direction="input").inc(answer.input_tokens)
-        self.metrics.tokens.labels(model=spec.id, direction="output").inc(answer.output_tokens)
+        # Priced by the registry, not the kit's table: tokens and cost counted apart (both
+        # also go into the query's X-Model-Tokens / X-Model-Cost-USD headers).
+        self.metrics.record_tokens(spec.id, answer.input_tokens, answer.output_tokens)
         self.metrics.record_cost(spec.id, answer.cost_usd)
         self.costs.add(spec.id, answer.cost_usd)
 

@@ -11,6 +11,8 @@ Choices the design leaves open, written down here:
 * Metrics: ``model_tokens_total{direction="output"}`` counts generated characters (this
   model's tokens are characters) and ``direction="input"`` counts prompt characters;
   ``model_cost_usd_total`` stays at 0 (the series exists so cost dashboards see the model);
+  each answer says so per request: ``X-Model-Tokens`` (prompt + generated characters) and
+  ``X-Model-Cost-USD: 0`` (see :mod:`modelkit.usage`);
   each generation counts once in ``model_upstream_requests_total`` with the model as the
   "provider" (it runs in-process), so the same upstream panels work for every service.
 * Generations run on a single worker thread, the batcher (:mod:`textgen.batcher`), which
@@ -83,7 +85,7 @@ _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
 # Request headers a browser page may send (beyond the CORS-safelisted ones), and response
 # headers it may read: the request id to quote in a report, Retry-After on a 429.
 CORS_ALLOW_HEADERS = ("X-API-Key", "Content-Type", "X-Request-ID")
-CORS_EXPOSE_HEADERS = ("X-Request-ID", "Retry-After")
+CORS_EXPOSE_HEADERS = ("X-Request-ID", "Retry-After", "X-Model-Tokens", "X-Model-Cost-USD")
 CORS_ALLOW_METHODS = ("GET", "POST")
 
 
@@ -482,8 +484,9 @@ def build_app(settings: TextgenSettings, loaded: LoadedModel | None = None) -> F
             service_metrics.upstream_requests.labels(model=MODEL_NAME, outcome="error").inc()
             raise  # the kit answers 500 server_error and logs the traceback
         service_metrics.upstream_requests.labels(model=MODEL_NAME, outcome="success").inc()
-        service_metrics.tokens.labels(model=MODEL_NAME, direction="input").inc(len(body.prompt))
-        service_metrics.tokens.labels(model=MODEL_NAME, direction="output").inc(len(text))
+        service_metrics.record_tokens(MODEL_NAME, len(body.prompt), len(text))
+        # Local inference has a known price of nothing: the answer says X-Model-Cost-USD: 0.
+        service_metrics.record_cost(MODEL_NAME, 0.0)
         return GenerateResponse(
             text=text,
             num_chars=len(text),

@@ -1,0 +1,93 @@
+"""A mirror step tries the canary on a copy of live traffic that no user sees.
+
+song-analyzer behind a Gateway API HTTPRoute (the sandbox's data plane implements the
+RequestMirror filter as Envoy does): the new revision's fine-tune fails half of its
+answers. Under `mirror: {percent: 100}` it answers copies of every user request, its
+rollback indicator breaches, and it is reverted before any user got one of its answers:
+every answer users got came from a stable pod (``X-Sandbox-Pod``), all of them 200.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from analysis_support import (
+    SONG_V1,
+    SONG_V2,
+    apply,
+    condition,
+    revisions_served,
+    song_analyzer,
+    wait_canary,
+    wait_stable,
+    wait_status,
+)
+from fakeupstream import FakeUpstreamClient
+from mdsandbox.sandbox import Sandbox
+from mdsandbox.testing import KubeAPI
+from mdsandbox.traffic import TrafficGenerator, song_request
+from operator_process import OperatorProcess
+
+pytestmark = pytest.mark.integration
+NAME = "songs-mirror"
+ROUTE = "songs-mirror-route"
+STEPS = [{"mirror": {"percent": 100, "duration": "3m"}}, {"setWeight": 50}, {"setWeight": 100}]
+
+
+def gateway(namespace: str) -> dict[str, Any]:
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gateway", "namespace": namespace},
+            "spec": {"gatewayClassName": "sandbox",
+                     "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]}}
+
+
+def route(namespace: str) -> dict[str, Any]:
+    """The route as the platform team wrote it; the operator steers its backends."""
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": ROUTE, "namespace": namespace},
+            "spec": {"parentRefs": [{"name": "gateway"}],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                                "backendRefs": [{"name": f"{NAME}-stable", "port": 80}]}]}}
+
+
+def test_a_canary_failing_on_mirrored_traffic_is_reverted_before_it_served_a_user(
+    sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess,
+    upstream: FakeUpstreamClient,
+) -> None:
+    def manifest(model: str, tag: str) -> dict[str, Any]:
+        body = song_analyzer(NAME, namespace, sandbox, model=model, tag=tag, steps=STEPS)
+        body["spec"]["strategy"]["canary"]["trafficRouting"] = {"gatewayAPI": {"httpRoute": ROUTE}}
+        return body
+
+    apply(gateway(namespace), sandbox)
+    apply(route(namespace), sandbox)
+    apply(manifest(SONG_V1, "1.0.0"), sandbox)
+    stable = wait_stable(kube, namespace, NAME)
+    upstream.set_fault(SONG_V2, malformed_rate=0.5)
+    url = sandbox.route_url(namespace, ROUTE) + "/analyze"
+
+    with TrafficGenerator(url, body=song_request, rate=12, max_seconds=240, timeout_s=15) as users:
+        apply(manifest(SONG_V2, "1.1.0"), sandbox)
+        canary = wait_canary(kube, namespace, NAME, stable)
+        mirroring = wait_status(
+            kube, namespace, NAME,
+            lambda s: "mirroring 100% of requests" in (s.get("message") or ""),
+            what="the mirror step in place", timeout=90)
+        status = wait_status(kube, namespace, NAME, lambda s: s.get("phase") == "RolledBack",
+                             what="phase RolledBack", timeout=120)
+        served = users.responses()
+
+    assert mirroring["currentStep"] == 0
+    assert condition(status, "Degraded")["reason"] == "RollbackIndicatorBreached", status["message"]
+    assert f"(revision {canary})" in status["message"]
+    # Reverted at the mirror step: it never took a share of users' traffic...
+    assert not any(line.startswith("setWeight") for line in status["history"][0]["steps"]), \
+        status["history"][0]
+    # ...and no user ever got one of its answers, though it answered the copies (its
+    # indicator was measured on them).
+    answered = [r for r in served if r.status is not None]
+    assert len(answered) > 50
+    assert revisions_served(answered, NAME) == {stable}
+    assert {r.status for r in answered} == {200}
+    assert "uncached-error-rate" in status["message"]
