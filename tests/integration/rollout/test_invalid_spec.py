@@ -80,9 +80,17 @@ def test_a_spec_only_the_operator_can_refuse_is_reported_in_status_and_touches_n
             "nor listed in analysis.metrics",
         ),
     ]
-    for broken, explanation in cases:
+    manifests = [(manifest(namespace, "v2", analysis={"provider": PROMETHEUS, **broken}), why)
+                 for broken, why in cases]
+    # A mirror step the spec's router (replicas) cannot carry out.
+    mirrored = manifest(namespace, "v2", analysis={"provider": PROMETHEUS})
+    mirrored["spec"]["strategy"]["canary"]["steps"] = [
+        {"mirror": {"percent": 20, "duration": "1m"}}, {"setWeight": 50}]
+    manifests.append((mirrored, "spec.strategy.canary.steps[0].mirror: the replicas router "
+                                "cannot copy requests"))
+    for broken_manifest, explanation in manifests:
         # A new template too: had the operator acted on the spec, a rollout would start.
-        user.apply(manifest(namespace, "v2", analysis={"provider": PROMETHEUS, **broken}))
+        user.apply(broken_manifest)
         generation = md_get(kube, namespace, NAME)["metadata"]["generation"]
         status = wait_status(
             kube, namespace, NAME, observed(generation), f"generation {generation} to be observed"
@@ -122,16 +130,22 @@ def test_a_spec_the_schema_refuses_is_rejected_by_the_api_server_and_touches_not
     before = running_state(kube, namespace, stable)
     stored = md_get(kube, namespace, NAME)
 
-    broken = manifest(namespace, "v2")
-    broken["spec"]["strategy"]["canary"]["steps"] = [{"setWeight": 150}]
-    # -v=6 makes kubectl log each request's status code.
-    refused = run(
-        ["kubectl", "apply", "-v=6", "-f", "-"], user.kubeconfig, check=False,
-        stdin=yaml.safe_dump(broken),
-    )
-    assert "422 Unprocessable Entity" in refused
-    assert f'The ModelDeployment "{NAME}" is invalid' in refused
-    assert "spec.strategy.canary.steps[0].setWeight" in refused
+    for step, field in [
+        ({"setWeight": 150}, "spec.strategy.canary.steps[0].setWeight"),
+        ({"evaluation": {"configMap": "eval", "path": "/analyze", "minScore": 2}},
+         "spec.strategy.canary.steps[0].evaluation.minScore"),
+        ({"mirror": {"percent": 0, "duration": "1m"}}, "spec.strategy.canary.steps[0].mirror.percent"),
+    ]:
+        broken = manifest(namespace, "v2")
+        broken["spec"]["strategy"]["canary"]["steps"] = [step]
+        # -v=6 makes kubectl log each request's status code.
+        refused = run(
+            ["kubectl", "apply", "-v=6", "-f", "-"], user.kubeconfig, check=False,
+            stdin=yaml.safe_dump(broken),
+        )
+        assert "422 Unprocessable Entity" in refused
+        assert f'The ModelDeployment "{NAME}" is invalid' in refused
+        assert field in refused, refused
 
     # The same change over plain HTTP: 422 Unprocessable Entity, the field in the causes.
     response = kube.http.patch(
