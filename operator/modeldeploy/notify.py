@@ -10,12 +10,14 @@ delivery loses that notification rather than sending it twice.
 
 - Started: a new ``InProgress`` history entry (a first deployment, a new revision, a retry).
 - Promoted: that entry closed as ``Promoted`` (first deployments included).
-- RolledBack: closed as ``RolledBack`` (analysis failed, a rollback indicator breached,
-  inconclusive analysis with ``onInconclusive: rollback``).
+- RolledBack: closed as ``RolledBack`` (analysis or an evaluation failed, a rollback
+  indicator breached, inconclusive analysis with ``onInconclusive: rollback``). The last
+  evaluation of the revision, if any, is one more metric (``evaluation-score``).
 - Failed: closed as ``Aborted``: stopped without analysis judging it bad (``modeldeploy
   abort``, progressDeadline, a first deployment that never became ready).
 - Paused: the phase became Paused, or a hold began while it was Paused: held by a person,
-  by analysis (inconclusive, failed with ``rollback.automatic: false``), by the Gateway, or
+  by analysis (inconclusive, failed with ``rollback.automatic: false``), by an inconclusive
+  evaluation, by the Gateway, or
   a pause step (or blue-green promotion) with no duration that waits for ``modeldeploy
   promote``. A timed pause step is the plan, not news, and is not announced.
 - A superseded rollout sends nothing of its own; the next revision's Started follows.
@@ -83,8 +85,11 @@ _PAUSE_REASONS = {
     "user": "PausedByUser",
     "inconclusive": "AnalysisInconclusive",
     "analysisFailed": "AnalysisFailed",
+    "evaluationInconclusive": "EvaluationInconclusive",
     "routeNotAccepted": "RouteNotAccepted",
 }
+# An evaluation's result reads as one more metric of the notification (its score).
+EVALUATION_METRIC = "evaluation-score"
 _CLOSED_EVENTS: dict[str, s.NotificationEvent] = {
     "Promoted": "Promoted", "RolledBack": "RolledBack", "Aborted": "Failed",
 }
@@ -257,8 +262,15 @@ def notifications_for(
             message=message, stable_revision=after.stable_revision,
             canary_revision=after.canary_revision, canary_weight=weight, time=time,
             metrics=tuple(MetricValue(m.name, m.value, m.threshold, m.verdict.value)
-                          for m in measured),
+                          for m in measured) + evaluated(revision),
         ))
+
+    def evaluated(revision: str | None) -> tuple[MetricValue, ...]:
+        done = after.evaluation
+        if done is None or revision is None or done.revision != revision:
+            return ()
+        return (MetricValue(EVALUATION_METRIC, done.score, f"min {done.min_score:g}",
+                            done.verdict.value),)
 
     # A history entry is keyed by revision and time; closing one stamps its time anew, so
     # an entry with a key the status read did not have was opened or closed by this tick.

@@ -230,3 +230,37 @@ def test_a_bad_default_webhook_setting_stops_the_operator_naming_the_variable(
     with pytest.raises(ValueError) as refused:
         notify.default_webhook_from_env(secret, format_, events)
     assert str(refused.value).startswith(variable)
+
+
+EVALUATION_STEPS: list[dict[str, Any]] = [
+    {"evaluation": {"configMap": "songs-eval", "path": "/analyze", "minScore": 0.9}},
+    {"setWeight": 100},
+]
+
+
+def evaluation_result(world: World, verdict: s.Verdict, passed: int) -> s.EvaluationStatus:
+    status = world.status
+    assert status.canary_revision and status.step_started_at and status.current_step is not None
+    return s.EvaluationStatus(
+        revision=status.canary_revision, step=status.current_step,
+        step_started_at=status.step_started_at, finished_at="2026-01-01T12:05:00Z",
+        verdict=verdict, score=passed / 50, min_score=0.9, cases=50, passed=passed,
+        message=f"{passed}/50 cases passed")
+
+
+@pytest.mark.parametrize(("verdict", "passed", "expected"), [
+    (s.Verdict.FAIL, 20, ("RolledBack", "EvaluationFailed")),
+    (s.Verdict.INCONCLUSIVE, 0, ("Paused", "EvaluationInconclusive")),
+])
+def test_an_evaluation_that_does_not_pass_notifies_with_its_score(
+    verdict: s.Verdict, passed: int, expected: tuple[str, str],
+) -> None:
+    world = rolling(spec_of("v1", steps=EVALUATION_STEPS), spec_of("v2", steps=EVALUATION_STEPS))
+    seen: list[notify.Notification] = []
+    for _ in range(2):
+        tick(world, seen)
+    tick(world, seen, evaluation=evaluation_result(world, verdict, passed))
+    assert events(seen) == [("Started", "RolloutStarted"), expected]
+    score = next(m for m in seen[1].metrics if m.name == notify.EVALUATION_METRIC)
+    assert (score.value, score.threshold, score.verdict) == (passed / 50, "min 0.9", verdict.value)
+    assert f"{passed}/50 cases passed" in seen[1].message
