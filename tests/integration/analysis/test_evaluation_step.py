@@ -98,3 +98,38 @@ def test_wrong_scores_are_rolled_back_by_the_evaluation_and_a_correct_fine_tune_
     assert evaluation["tokens"] > 0 and evaluation["costUsd"] > 0, evaluation
     assert any(line.startswith("evaluation ") and "passed" in line
                for line in promoted["history"][0]["steps"]), promoted["history"][0]
+
+
+def test_blue_green_evaluates_green_through_the_preview_service_against_blue(
+    sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess,
+    upstream: FakeUpstreamClient,
+) -> None:
+    """prePromotionEvaluation with compareToStable: green (the preview Service) and blue (the
+    Service) answer the same cases; green's scores 30 points off disagree, and the switch
+    never happens: every user answer came from blue."""
+    compare = {**EVALUATION, "minScore": 0.0,
+               "compareToStable": {"path": "$.score", "tolerance": 10, "minAgreement": 0.9}}
+
+    def manifest(model: str, tag: str) -> dict[str, Any]:
+        body = song_analyzer(NAME, namespace, sandbox, model=model, tag=tag)
+        body["spec"]["strategy"] = {"blueGreen": {"prePromotionEvaluation": compare,
+                                                  "autoPromotionSeconds": 0}}
+        return body
+
+    apply(case_set(namespace), sandbox)
+    apply(manifest(SONG_V1, "1.0.0"), sandbox)
+    blue = wait_stable(kube, namespace, NAME)
+    upstream.set_fault(MISCALIBRATED, score_offset=30)
+    url = sandbox.service_url(namespace, NAME) + "/analyze"
+    with TrafficGenerator(url, body=song_request, rate=4, max_seconds=150, timeout_s=15) as users:
+        apply(manifest(MISCALIBRATED, "1.1.0"), sandbox)
+        green = wait_canary(kube, namespace, NAME, blue)
+        status = wait_status(kube, namespace, NAME, lambda s: s.get("phase") == "RolledBack",
+                             what="phase RolledBack", timeout=120)
+        served = [r for r in users.responses() if r.status is not None]
+
+    evaluation = status["evaluation"]
+    assert (evaluation["revision"], evaluation["verdict"]) == (green, "Fail"), evaluation
+    assert evaluation["agreement"] < 0.9 and "disagrees with stable" in evaluation["message"]
+    assert condition(status, "Degraded")["reason"] == "EvaluationFailed"
+    assert revisions_served(served, NAME) == {blue}
