@@ -61,7 +61,7 @@ def test_a_bad_case_file_is_refused_naming_the_line_and_the_fix(text: str, expec
 
 
 def test_a_schema_that_is_not_one_is_refused() -> None:
-    with pytest.raises(ev.CaseError, match="schema.json: not a valid JSON Schema"):
+    with pytest.raises(ev.CaseError, match=r"schema\.json: not a valid JSON Schema"):
         ev.parse_schema('{"type": "nonsense"}', "schema.json")
 
 
