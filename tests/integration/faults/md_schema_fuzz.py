@@ -73,6 +73,9 @@ _RFC1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _ADDRESS = r"^https?://[^\s]+$"
 # A Secret's data key (a webhook's urlFrom.secretKeyRef.key).
 _SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+# An evaluation's JSON path (compareToStable.path) and the HTTP path its cases go to.
+_JSON_PATH = s.JSON_PATH_PATTERN
+_REQUEST_PATH = r"^/[^\s?#]*$"
 
 
 def _dns(rng: random.Random, first: str, rest: str, length: int) -> str:
@@ -108,6 +111,10 @@ PATTERN_SAMPLERS: dict[str, Callable[[random.Random], str]] = {
     _ADDRESS: lambda rng: rng.choice(
         ["http://127.0.0.1:9", "https://prometheus.monitoring:9090/prefix?x=ü",
          "http://[::1]:1/", "http://" + "p" * 300 + ".example:9090"]),
+    _JSON_PATH: lambda rng: "$" + "".join(
+        rng.choice([".score", "[0]", ".choices", "._x-1", "[12]"]) for _ in range(rng.randint(0, 4))),
+    _REQUEST_PATH: lambda rng: rng.choice(
+        ["/", "/analyze", "/v1/chat/completions", "/ü/" + "x" * 300, "/a;b=c"]),
 }
 # Strings each pattern refuses.
 PATTERN_BREAKERS: dict[str, tuple[str, ...]] = {
@@ -118,6 +125,8 @@ PATTERN_BREAKERS: dict[str, tuple[str, ...]] = {
     _RFC1123_LABEL: ("Team-Chat", "has.dot", "-x", "x_", "ü"),
     _SECRET_KEY: ("has space", "slash/key", "", "ü"),
     _ADDRESS: ("prometheus:9090", "ftp://x", "http://", "http://has space", ""),
+    _JSON_PATH: ("score", "$.", "$[x]", "$..a", "", "$.1a"),
+    _REQUEST_PATH: ("analyze", "/a b", "/a?b=1", "/a#top", ""),
 }
 
 
@@ -356,6 +365,14 @@ def valid_spec(walker: _Walker) -> JSON:
                 del step["analysis"]
                 step["setWeight"] = 50
         spec.get("strategy", {}).get("blueGreen", {}).pop("prePromotionAnalysis", None)
+    # Mirror steps need spec.analysis and a router that can mirror (gatewayAPI): rules the
+    # schema cannot express (the operator explains them).
+    canary = spec.get("strategy", {}).get("canary", {})
+    can_mirror = "analysis" in spec and "gatewayAPI" in canary.get("trafficRouting", {})
+    for step in canary.get("steps", []):
+        if "mirror" in step and not can_mirror:
+            del step["mirror"]
+            step["setWeight"] = 50
     return spec
 
 
