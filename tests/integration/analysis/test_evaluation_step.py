@@ -30,7 +30,7 @@ from fakeupstream import FakeUpstreamClient
 from mdsandbox.sandbox import Sandbox
 from mdsandbox.testing import KubeAPI
 from mdsandbox.traffic import TrafficGenerator, song_request
-from operator_process import OperatorProcess
+from operator_process import OperatorProcess, run
 
 pytestmark = pytest.mark.integration
 NAME = "songs-eval"
@@ -98,6 +98,13 @@ def test_wrong_scores_are_rolled_back_by_the_evaluation_and_a_correct_fine_tune_
     assert evaluation["tokens"] > 0 and evaluation["costUsd"] > 0, evaluation
     assert any(line.startswith("evaluation ") and "passed" in line
                for line in promoted["history"][0]["steps"]), promoted["history"][0]
+    # `kubectl get -o wide` shows the last evaluation; the default view does not.
+    wide = run(["kubectl", "get", "md", NAME, "-n", namespace, "-o", "wide"],
+               Path(sandbox.kubeconfig)).splitlines()
+    header, row = wide[0].split(), wide[1].split()
+    assert header[-2:] == ["EVALUATION", "SCORE"] and row[-2] == "Pass", wide
+    assert "EVALUATION" not in run(["kubectl", "get", "md", NAME, "-n", namespace],
+                                   Path(sandbox.kubeconfig))
 
 
 def test_blue_green_evaluates_green_through_the_preview_service_against_blue(
