@@ -85,3 +85,30 @@ def test_list_shows_one_row_per_resource() -> None:
     lines = cli.render_list([body()]).splitlines()
     assert lines[1].split()[:6] == ["ml", "song-analyzer", "Paused", "20", "7c9f12ab34", "41ab98cd01"]
 
+
+
+def test_status_shows_the_last_evaluation_with_its_failing_cases_and_a_mirror() -> None:
+    shown = body()
+    shown["spec"]["strategy"]["canary"]["steps"] = [
+        {"evaluation": {"configMap": "songs-eval", "path": "/analyze", "minScore": 0.9}},
+        {"setWeight": 100}]
+    shown["status"]["evaluation"] = {
+        "revision": "41ab98cd01", "step": 0, "stepStartedAt": "2026-11-23T02:58:00Z",
+        "finishedAt": "2026-11-23T02:59:00Z", "verdict": "Fail", "score": 0.6, "minScore": 0.9,
+        "cases": 50, "passed": 30, "unanswered": 1, "tokens": 12345, "costUsd": 0.0521,
+        "failures": [{"id": "song-07", "reason": "$.score = 91 is above 72"}],
+        "message": "30/50 cases passed (score 0.60, minScore 0.9): below minScore",
+    }
+    shown["status"]["mirror"] = {"revision": "41ab98cd01", "percent": 50,
+                                 "since": "2026-11-23T02:50:00Z", "requests": 812.0,
+                                 "costUsd": 0.4061}
+    shown["status"]["currentStep"] = 0
+    text = cli.render_status(shown, DEPLOYMENTS, [], NOW)
+    assert "  -> 1. evaluation" in text
+    assert ("Evaluation: Fail for 41ab98cd01 (60s ago): 30/50 passed, score 0.60 (min 0.9), "
+            "1 unanswered, 12345 tokens, $0.0521") in text
+    assert "below minScore" in text
+    case_line = next(line for line in text.splitlines() if "song-07" in line)
+    assert "$.score = 91 is above 72" in case_line
+    assert ("Mirror:     50% of requests copied to 41ab98cd01 since 10m ago: 812 answered, "
+            "extra upstream cost $0.4061") in text
