@@ -55,6 +55,8 @@ log = logging.getLogger("modeldeploy.evaluation")
 SERVICE_ADDRESSES_ENV = "MODELDEPLOY_SERVICE_ADDRESSES"
 ServiceAddresses = Literal["clusterDNS", "loadBalancerStatus"]
 MAX_ANSWER_BYTES = 1024 * 1024
+# An evaluation that broke off (an API error reading its ConfigMap) runs again after this.
+RETRY_AFTER = 10.0
 Key = tuple[str, str]
 
 
@@ -98,6 +100,7 @@ class EvaluationRunner:
         self._on_done = on_done
         self._addresses = addresses
         self._runs: dict[Key, _Run] = {}
+        self._retry_at: dict[Key, float] = {}
         self._client = httpx.AsyncClient(follow_redirects=False)
 
     def result(self, md: s.ModelDeployment, status: s.ModelDeploymentStatus) -> s.EvaluationStatus | None:
@@ -112,9 +115,23 @@ class EvaluationRunner:
             return None
         ident = (request.revision, request.step, request.step_started_at)
         if running is not None and running.ident == ident:
-            if not running.task.done() or running.task.cancelled():
+            if not running.task.done():
                 return None
-            return running.task.result()
+            error = None if running.task.cancelled() else running.task.exception()
+            if error is None and not running.task.cancelled():
+                return running.task.result()
+            # An API error reading the case set, say: run it again after RETRY_AFTER rather
+            # than hold the rollout on what may pass (what the case set lacks is a result).
+            log.warning("%s/%s: evaluation of %s did not finish: %r; running it again in %gs",
+                        *key, request.revision, error, RETRY_AFTER)
+            del self._runs[key]
+            loop = asyncio.get_running_loop()
+            self._retry_at[key] = loop.time() + RETRY_AFTER
+            loop.call_later(RETRY_AFTER, self._on_done, *key)
+            return None
+        if key in self._retry_at and asyncio.get_running_loop().time() < self._retry_at[key]:
+            return None
+        self._retry_at.pop(key, None)
         if running is not None:
             running.task.cancel()
         task = asyncio.create_task(self._evaluate(md, request),
@@ -124,6 +141,7 @@ class EvaluationRunner:
         return None
 
     def forget(self, namespace: str, name: str) -> None:
+        self._retry_at.pop((namespace, name), None)
         running = self._runs.pop((namespace, name), None)
         if running is not None:
             running.task.cancel()

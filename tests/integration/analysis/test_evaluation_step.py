@@ -140,3 +140,36 @@ def test_blue_green_evaluates_green_through_the_preview_service_against_blue(
     assert evaluation["agreement"] < 0.9 and "disagrees with stable" in evaluation["message"]
     assert condition(status, "Degraded")["reason"] == "EvaluationFailed"
     assert revisions_served(served, NAME) == {blue}
+
+
+def test_a_missing_case_set_holds_the_rollout_until_it_exists_and_resume_runs_it(
+    sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess,
+    upstream: FakeUpstreamClient,
+) -> None:
+    """An evaluation that cannot run says what to fix and holds (nothing about the revision
+    is known); with the ConfigMap created, `modeldeploy resume` runs it, and the canary (one
+    pod that served no user) goes on."""
+    steps = [{"evaluation": EVALUATION}, {"setWeight": 100}]
+
+    def manifest(model: str, tag: str) -> dict[str, Any]:
+        return song_analyzer(NAME, namespace, sandbox, model=model, tag=tag, steps=steps)
+
+    apply(manifest(SONG_V1, "1.0.0"), sandbox)
+    stable = wait_stable(kube, namespace, NAME)
+    apply(manifest(RETRAINED, "1.1.0"), sandbox)
+    canary = wait_canary(kube, namespace, NAME, stable)
+    held = wait_status(kube, namespace, NAME, lambda s: s.get("phase") == "Paused",
+                       what="held: no case set", timeout=90)
+    assert held["pauseCause"] == "evaluationInconclusive"
+    assert (f"ConfigMap {namespace}/song-analyzer-eval not found: create it with the cases "
+            "under key cases.jsonl") in held["message"]
+    assert "`modeldeploy resume` runs the evaluation again" in held["message"]
+    assert held["evaluation"]["verdict"] == "Inconclusive" and held["evaluation"]["cases"] == 0
+
+    apply(case_set(namespace), sandbox)
+    run(["modeldeploy", "-n", namespace, "resume", NAME], Path(sandbox.kubeconfig))
+    promoted = wait_status(
+        kube, namespace, NAME,
+        lambda s: s.get("stableRevision") == canary and not s.get("canaryRevision"),
+        what="evaluated, then promoted", timeout=120)
+    assert promoted["evaluation"]["verdict"] == "Pass", promoted["evaluation"]
