@@ -651,29 +651,41 @@ class _Tick:
 
     def judge(self, report: AnalysisReport) -> bool:
         """Act on analysis; True when the rollout was reverted."""
-        analysis = self.spec.analysis
         if report.breach is not None:
             self.revert(Phase.ROLLED_BACK, "RollbackIndicatorBreached", report.breach.describe(),
                         "RolledBack")
             return True
         if report.failed is not None:
-            message = f"analysis failed: {report.failed.describe()}"
-            if self.spec.rollback.automatic:
-                self.revert(Phase.ROLLED_BACK, "AnalysisFailed", message, "RolledBack")
-                return True
-            self.hold("analysisFailed", message, "rollback.automatic is off: "
-                      "`modeldeploy abort` reverts, `modeldeploy promote` goes on")
-        elif report.inconclusive_exceeded is not None and self.canary_pods_ready():
+            return self.failed("AnalysisFailed", f"analysis failed: {report.failed.describe()}")
+        if report.inconclusive_exceeded is not None and self.canary_pods_ready():
             # Not while the canary's pods are not ready: a canary with no ready pod serves no
             # request, so its rounds are inconclusive by construction, and a hold would stop
             # progressDeadline (a crash-looping canary held forever), as onInconclusive:
             # rollback would revert a model still loading. The deadline decides.
             message = f"analysis inconclusive: {report.inconclusive_exceeded.describe()}"
-            if analysis is not None and analysis.on_inconclusive == "rollback":
-                self.revert(Phase.ROLLED_BACK, "AnalysisInconclusive", message, "RolledBack")
-                return True
-            self.hold("inconclusive", message, "resumes on its own once a round is conclusive "
-                      "again; `modeldeploy promote` goes on")
+            return self.inconclusive("AnalysisInconclusive", "inconclusive", message,
+                                     "resumes on its own once a round is conclusive again; "
+                                     "`modeldeploy promote` goes on")
+        return False
+
+    def failed(self, reason: str, message: str) -> bool:
+        """Analysis or an evaluation judged the canary bad: revert (rollback.automatic), else
+        hold; True when reverted."""
+        if self.spec.rollback.automatic:
+            self.revert(Phase.ROLLED_BACK, reason, message, "RolledBack")
+            return True
+        self.hold("analysisFailed", message, "rollback.automatic is off: "
+                  "`modeldeploy abort` reverts, `modeldeploy promote` goes on")
+        return False
+
+    def inconclusive(self, reason: str, cause: PauseCause, message: str, advice: str) -> bool:
+        """The canary could not be judged: revert with analysis.onInconclusive rollback, else
+        hold with ``advice``; True when reverted."""
+        analysis = self.spec.analysis
+        if analysis is not None and analysis.on_inconclusive == "rollback":
+            self.revert(Phase.ROLLED_BACK, reason, message, "RolledBack")
+            return True
+        self.hold(cause, message, advice)
         return False
 
     def usable_evaluation(self) -> EvaluationStatus | None:
@@ -707,18 +719,11 @@ class _Tick:
         until a person resumes (which runs it again) or promotes."""
         summary = f"evaluation of revision {result.revision}: {result.message}"
         if result.verdict == Verdict.FAIL:
-            if self.spec.rollback.automatic:
-                self.revert(Phase.ROLLED_BACK, "EvaluationFailed", summary, "RolledBack")
-                return True
-            self.hold("analysisFailed", summary, "rollback.automatic is off: "
-                      "`modeldeploy abort` reverts, `modeldeploy promote` goes on")
-        elif result.verdict == Verdict.INCONCLUSIVE:
-            analysis = self.spec.analysis
-            if analysis is not None and analysis.on_inconclusive == "rollback":
-                self.revert(Phase.ROLLED_BACK, "EvaluationInconclusive", summary, "RolledBack")
-                return True
-            self.hold("evaluationInconclusive", summary, "`modeldeploy resume` runs the "
-                      "evaluation again, `modeldeploy promote` goes on without it")
+            return self.failed("EvaluationFailed", summary)
+        if result.verdict == Verdict.INCONCLUSIVE:
+            return self.inconclusive("EvaluationInconclusive", "evaluationInconclusive", summary,
+                                     "`modeldeploy resume` runs the evaluation again, "
+                                     "`modeldeploy promote` goes on without it")
         return False
 
     def follow_route(self) -> None:
