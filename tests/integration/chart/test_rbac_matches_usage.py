@@ -66,10 +66,14 @@ TOKEN_SECRET = "prometheus-token"
 LEASE_SECONDS = 3
 
 # Granted, needed, and not exercised by the scenarios above: (apiGroup, resource, verb) -> why.
-# Empty today: the scenarios exercise every rule of every mode.
 NOT_EXERCISED: dict[tuple[str, str, str], str] = {
     ("modeldeploy.io", "modeldeployments", "get"): "the one object read again after a status "
     "write conflicts (the cache was behind a user's write): timing-dependent, rare by design",
+    ("", "configmaps", "get"): "an evaluation step reads its case set, the user's ConfigMap "
+    "(tests/integration/analysis/test_evaluation_step.py); these scenarios run no evaluation",
+    ("", "services", "get"): "an evaluation step reads the address a Service's status "
+    "publishes (MODELDEPLOY_SERVICE_ADDRESSES=loadBalancerStatus, an operator outside the "
+    "cluster); these scenarios run no evaluation",
 }
 # Requests the namespaced mode deliberately does not grant: Kopf tries them, is refused
 # (403) on a real cluster, logs it once, and carries on (charts/modeldeploy/README.md).
