@@ -236,10 +236,15 @@ class _Walker:
 
     def number(self, schema: JSON) -> float:
         value = self.rng.choice(ODD_FLOATS)
-        if "minimum" in schema:
-            floor = schema["minimum"]
-            if value < floor or (schema.get("exclusiveMinimum") and value <= floor):
-                value = floor + abs(value) + 0.5
+        floor, ceiling = schema.get("minimum"), schema.get("maximum")
+        if floor is not None and (value < floor or (schema.get("exclusiveMinimum") and value <= floor)):
+            value = floor + abs(value) + 0.5
+        if ceiling is not None and (value > ceiling or (schema.get("exclusiveMaximum") and value >= ceiling)):
+            # Within a bounded range (a share 0..1, a timeout up to 600 s): an edge or the middle.
+            low = floor if floor is not None else ceiling - 1
+            edges = [v for v, excluded in ((low, schema.get("exclusiveMinimum")),
+                                           (ceiling, schema.get("exclusiveMaximum"))) if not excluded]
+            value = self.rng.choice([*edges, (low + ceiling) / 2])
         return value
 
     # -- hooks: what the schema cannot express --------------------------------------
