@@ -21,8 +21,8 @@ admits it here too):
 An address is ``http://<service>.<namespace>.svc:<port>`` (cluster DNS: the operator runs
 in the cluster). ``MODELDEPLOY_SERVICE_ADDRESSES=loadBalancerStatus`` reads it from the
 Service's ``status.loadBalancer.ingress[0]`` instead (ip or hostname, and the port listed
-there): how an operator outside the cluster reaches Services, as in the local sandbox,
-which publishes every Service that way.
+there; read from the watch cache, no request): how an operator outside the cluster reaches
+Services, as in the local sandbox, which publishes every Service that way.
 
 Each case goes to the revision (and, with compareToStable, to stable at the same time) with
 ``X-Request-ID: modeldeploy-eval-<revision>-<case id>`` and ``X-Modeldeploy-Evaluation:
@@ -230,9 +230,7 @@ class EvaluationRunner:
         namespace, port = md.metadata.namespace, md.spec.service.port
         if self._addresses == "clusterDNS":
             return f"http://{service}.{namespace}.svc:{port}"
-        found = await self._kube.read_service(namespace, service)
-        ingress = ((((found or {}).get("status") or {}).get("loadBalancer") or {})
-                   .get("ingress") or [{}])[0]
+        ingress = self._kube.get_service_ingress(namespace, service, md.metadata.name) or {}
         host = ingress.get("ip") or ingress.get("hostname")
         ports = ingress.get("ports") or [{"port": port}]
         if not host:

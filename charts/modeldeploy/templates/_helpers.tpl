@@ -76,11 +76,10 @@ ClusterRole (cluster-wide mode) and each Role (namespaced mode), so the two mode
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, patch, delete]
-# The Services traffic goes through: created, patched back when they drift; read (get) for
-# the address an evaluation step calls when MODELDEPLOY_SERVICE_ADDRESSES=loadBalancerStatus.
+# The Services traffic goes through: created, patched back when they drift.
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, patch]
+  verbs: [list, watch, create, patch]
 # One immutable ConfigMap per revision's config: created, deleted with its revision; and the
 # case sets of evaluation steps (the user's ConfigMaps), read (get) when an evaluation runs.
 - apiGroups: [""]

@@ -107,10 +107,13 @@ def keep_pod(obj: Manifest) -> Manifest:
 
 
 def keep_service(obj: Manifest) -> Manifest:
+    """Selector and ports (what the operator writes) and the address the Service's status
+    publishes (``status.loadBalancer``: how an operator outside the cluster reaches it)."""
     spec = obj.get("spec") or {}
     return {
         "metadata": _metadata(obj),
         "spec": {"selector": spec.get("selector") or {}, "ports": spec.get("ports") or []},
+        "status": {"loadBalancer": (obj.get("status") or {}).get("loadBalancer") or {}},
     }
 
 

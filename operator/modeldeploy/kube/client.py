@@ -349,9 +349,12 @@ class KubeClient:
         found = await self._read("ConfigMap", namespace, name)
         return None if found is None else dict(found.get("data") or {})
 
-    async def read_service(self, namespace: str, name: str) -> Manifest | None:
-        """A Service with its status (the cache keeps neither status nor other fields)."""
-        return await self._read("Service", namespace, name)
+    def get_service_ingress(self, namespace: str, name: str, md_name: str) -> Manifest | None:
+        """The first ``status.loadBalancer.ingress`` entry of a Service this ModelDeployment
+        controls, from the cache; None when it publishes none (or is not ours)."""
+        service = self._ours("Service", namespace, name, md_name)
+        ingress = (((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress")
+        return dict(ingress[0]) if ingress else None
 
     def get_service_selector(self, namespace: str, name: str) -> dict[str, str] | None:
         """The selector of the Service ``name`` that this ModelDeployment (``name``) controls."""

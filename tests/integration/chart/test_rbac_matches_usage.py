@@ -71,9 +71,6 @@ NOT_EXERCISED: dict[tuple[str, str, str], str] = {
     "write conflicts (the cache was behind a user's write): timing-dependent, rare by design",
     ("", "configmaps", "get"): "an evaluation step reads its case set, the user's ConfigMap "
     "(tests/integration/analysis/test_evaluation_step.py); these scenarios run no evaluation",
-    ("", "services", "get"): "an evaluation step reads the address a Service's status "
-    "publishes (MODELDEPLOY_SERVICE_ADDRESSES=loadBalancerStatus, an operator outside the "
-    "cluster); these scenarios run no evaluation",
 }
 # Requests the namespaced mode deliberately does not grant: Kopf tries them, is refused
 # (403) on a real cluster, logs it once, and carries on (charts/modeldeploy/README.md).
