@@ -51,6 +51,19 @@ def case_set(namespace: str) -> dict[str, Any]:
     return config_map
 
 
+def stable_with_a_miscalibrated_model_ready(
+    manifest: dict[str, Any], sandbox: Sandbox, kube: KubeAPI, namespace: str,
+    upstream: FakeUpstreamClient,
+) -> tuple[str, str]:
+    """The case set and the first revision applied, stable, and MISCALIBRATED's scores
+    shifted by 30 at the fake upstream: (stable revision, the Service's /analyze URL)."""
+    apply(case_set(namespace), sandbox)
+    apply(manifest, sandbox)
+    stable = wait_stable(kube, namespace, NAME)
+    upstream.set_fault(MISCALIBRATED, score_offset=30)
+    return stable, sandbox.service_url(namespace, NAME) + "/analyze"
+
+
 def test_wrong_scores_are_rolled_back_by_the_evaluation_and_a_correct_fine_tune_is_promoted(
     sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess,
     upstream: FakeUpstreamClient,
@@ -58,11 +71,8 @@ def test_wrong_scores_are_rolled_back_by_the_evaluation_and_a_correct_fine_tune_
     def manifest(model: str, tag: str) -> dict[str, Any]:
         return song_analyzer(NAME, namespace, sandbox, model=model, tag=tag, steps=STEPS)
 
-    apply(case_set(namespace), sandbox)
-    apply(manifest(SONG_V1, "1.0.0"), sandbox)
-    stable = wait_stable(kube, namespace, NAME)
-    upstream.set_fault(MISCALIBRATED, score_offset=30)
-    url = sandbox.service_url(namespace, NAME) + "/analyze"
+    stable, url = stable_with_a_miscalibrated_model_ready(
+        manifest(SONG_V1, "1.0.0"), sandbox, kube, namespace, upstream)
 
     with TrafficGenerator(url, body=song_request, rate=8, max_seconds=240, timeout_s=15) as users:
         apply(manifest(MISCALIBRATED, "1.1.0"), sandbox)
@@ -123,11 +133,8 @@ def test_blue_green_evaluates_green_through_the_preview_service_against_blue(
                                                   "autoPromotionSeconds": 0}}
         return body
 
-    apply(case_set(namespace), sandbox)
-    apply(manifest(SONG_V1, "1.0.0"), sandbox)
-    blue = wait_stable(kube, namespace, NAME)
-    upstream.set_fault(MISCALIBRATED, score_offset=30)
-    url = sandbox.service_url(namespace, NAME) + "/analyze"
+    blue, url = stable_with_a_miscalibrated_model_ready(
+        manifest(SONG_V1, "1.0.0"), sandbox, kube, namespace, upstream)
     with TrafficGenerator(url, body=song_request, rate=4, max_seconds=150, timeout_s=15) as users:
         apply(manifest(MISCALIBRATED, "1.1.0"), sandbox)
         green = wait_canary(kube, namespace, NAME, blue)

@@ -23,6 +23,7 @@ from analysis_support import (
     wait_stable,
     wait_status,
 )
+from bundle_support import gateway, http_route
 from fakeupstream import FakeUpstreamClient
 from mdsandbox.sandbox import Sandbox
 from mdsandbox.testing import KubeAPI
@@ -35,22 +36,6 @@ ROUTE = "songs-mirror-route"
 STEPS = [{"mirror": {"percent": 100, "duration": "3m"}}, {"setWeight": 50}, {"setWeight": 100}]
 
 
-def gateway(namespace: str) -> dict[str, Any]:
-    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": "gateway", "namespace": namespace},
-            "spec": {"gatewayClassName": "sandbox",
-                     "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]}}
-
-
-def route(namespace: str) -> dict[str, Any]:
-    """The route as the platform team wrote it; the operator steers its backends."""
-    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": {"name": ROUTE, "namespace": namespace},
-            "spec": {"parentRefs": [{"name": "gateway"}],
-                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                                "backendRefs": [{"name": f"{NAME}-stable", "port": 80}]}]}}
-
-
 def test_a_canary_failing_on_mirrored_traffic_is_reverted_before_it_served_a_user(
     sandbox: Sandbox, kube: KubeAPI, namespace: str, operator: OperatorProcess,
     upstream: FakeUpstreamClient,
@@ -61,7 +46,7 @@ def test_a_canary_failing_on_mirrored_traffic_is_reverted_before_it_served_a_use
         return body
 
     apply(gateway(namespace), sandbox)
-    apply(route(namespace), sandbox)
+    apply(http_route(NAME, namespace, ROUTE), sandbox)
     apply(manifest(SONG_V1, "1.0.0"), sandbox)
     stable = wait_stable(kube, namespace, NAME)
     upstream.set_fault(SONG_V2, malformed_rate=0.5)
