@@ -692,22 +692,17 @@ class _Tick:
         """This tick's evaluation result if it ran for the current step as it is now (a
         result for a step since restarted, resumed or left is stale) and is new."""
         result = self.observation.evaluation
-        status = self.status
-        if (result is None or self.step.kind != "evaluation" or status.bake_until is not None
-                or result.revision != status.canary_revision
-                or result.step != self.step_index
-                or result.step_started_at != status.step_started_at
-                or result == status.evaluation):
+        if (result is None or self.step.kind != "evaluation" or self.status.bake_until is not None
+                or not ran_for_step(result, self.status, self.step_index)
+                or result == self.status.evaluation):
             return None
         return result
 
     def step_evaluation(self) -> EvaluationStatus | None:
         """The evaluation recorded in status for the current step, if it has run."""
         done = self.status.evaluation
-        if (done is None or self.step.kind != "evaluation"
-                or done.revision != self.status.canary_revision
-                or done.step != self.step_index
-                or done.step_started_at != self.status.step_started_at):
+        if done is None or self.step.kind != "evaluation" \
+                or not ran_for_step(done, self.status, self.step_index):
             return None
         return done
 
@@ -1334,6 +1329,13 @@ class EvaluationRequest:
     blue_green: bool
 
 
+def ran_for_step(result: EvaluationStatus, status: ModelDeploymentStatus, index: int) -> bool:
+    """Whether an evaluation ran for step ``index`` as it is now: the canary's, and since the
+    step last started (one from before a resume or a restart of the step is stale)."""
+    return (result.revision == status.canary_revision and result.step == index
+            and result.step_started_at == status.step_started_at)
+
+
 def evaluation_request(
     spec: ModelDeploymentSpec, status: ModelDeploymentStatus
 ) -> EvaluationRequest | None:
@@ -1351,9 +1353,7 @@ def evaluation_request(
     if (step.kind != "evaluation" or step.evaluation is None or status.paused_at is not None
             or status.not_ready_since is not None or status.step_started_at is None):
         return None
-    done = status.evaluation
-    if done is not None and done.revision == canary and done.step == index \
-            and done.step_started_at == status.step_started_at:
+    if status.evaluation is not None and ran_for_step(status.evaluation, status, index):
         return None
     return EvaluationRequest(canary, stable, index, status.step_started_at, step.evaluation,
                              spec.strategy.blue_green is not None)
