@@ -72,6 +72,8 @@ NOT_EXERCISED: dict[tuple[str, str, str], str] = {
     ("", "configmaps", "get"): "an evaluation step reads its case set, the user's ConfigMap "
     "(tests/integration/analysis/test_evaluation_step.py); these scenarios run no evaluation",
 }
+# The entries above that a run exercises now and then, by timing alone.
+TIMING_DEPENDENT = {("modeldeploy.io", "modeldeployments", "get")}
 # Requests the namespaced mode deliberately does not grant: Kopf tries them, is refused
 # (403) on a real cluster, logs it once, and carries on (charts/modeldeploy/README.md).
 REFUSED_IN_NAMESPACED_MODE: dict[tuple[str, str, str], str] = {
@@ -454,7 +456,9 @@ def test_every_allow_listed_need_is_granted_and_really_not_exercised(observed: O
     for mode, run_ in observed.runs.items():
         granted = set().union(*(g.triples() for g in grants_in(run_.values(mode))))
         assert set(NOT_EXERCISED) <= granted, mode
-    assert set(NOT_EXERCISED) & observed.used() == set()
+    # A timing-dependent need may be exercised by a run now and then (a status write that
+    # conflicted): only the others must never be.
+    assert (set(NOT_EXERCISED) - TIMING_DEPENDENT) & observed.used() == set()
 
 
 def test_analysis_secrets_are_readable_only_when_listed_and_only_by_name(observed: Observed) -> None:
