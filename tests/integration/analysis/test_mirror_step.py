@@ -9,6 +9,7 @@ every answer users got came from a stable pod (``X-Sandbox-Pod``), all of them 2
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -59,8 +60,10 @@ def test_a_canary_failing_on_mirrored_traffic_is_reverted_before_it_served_a_use
             kube, namespace, NAME,
             lambda s: "mirroring 100% of requests" in (s.get("message") or ""),
             what="the mirror step in place", timeout=90)
+        mirrored_from = time.monotonic()
         status = wait_status(kube, namespace, NAME, lambda s: s.get("phase") == "RolledBack",
                              what="phase RolledBack", timeout=120)
+        reverted_at = time.monotonic()
         served = users.responses()
 
     assert mirroring["currentStep"] == 0
@@ -72,7 +75,10 @@ def test_a_canary_failing_on_mirrored_traffic_is_reverted_before_it_served_a_use
     # ...and no user ever got one of its answers, though it answered the copies (its
     # indicator was measured on them).
     answered = [r for r in served if r.status is not None]
-    assert len(answered) > 50
+    # Users were served while the canary answered their copies (the fast path may revert
+    # within a few seconds of the mirror being in place, so a handful is what there is).
+    assert any(mirrored_from <= r.started <= reverted_at for r in answered), \
+        (mirrored_from, reverted_at, [r.started for r in answered][-5:])
     assert revisions_served(answered, NAME) == {stable}
     assert {r.status for r in answered} == {200}
     assert "uncached-error-rate" in status["message"]
